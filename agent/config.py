@@ -1,0 +1,233 @@
+"""The effective configuration: defaults, a TOML file, environment, options.
+
+Every key is declared (by the core here, by plugins through
+``infermeter_config_options``) with its default and type, so a typo or a
+wrong type in a file is an error naming the key, and ``infermeter config
+show`` can say where each value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from infermeter.errors import ConfigError
+
+ENV_CONFIG = "INFERMETER_CONFIG"
+ENV_DB = "INFERMETER_DB"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One config key: ``[section] key = default``."""
+
+    section: str
+    key: str
+    default: Any
+    help: str
+    type: type | tuple[type, ...] | None = None  # None: the default's type
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    def accepts(self, value: Any) -> bool:
+        expected = self.type if self.type is not None else type(self.default)
+        if isinstance(value, bool) and expected is not bool and not (
+            isinstance(expected, tuple) and bool in expected
+        ):
+            return False  # TOML true is not the number 1
+        if expected is float and isinstance(value, int):
+            return True
+        if isinstance(expected, tuple) and float in expected and isinstance(value, int):
+            return True
+        return isinstance(value, expected)
+
+
+CORE_OPTIONS: tuple[Option, ...] = (
+    Option("agent", "host", "", "Host name stored with every row; empty: this machine's name."),
+    Option("agent", "tick_s", 1.0, "Seconds between ticks (discover, read meters, attribute)."),
+    Option("agent", "flush_s", 10.0, "Seconds between flushes of attributed shares to the store."),
+    Option("agent", "rollup_s", 300.0, "Seconds between updates of the hourly rollups."),
+    Option("agent", "retention_s", 3600.0, "Seconds between runs of the retention job."),
+    Option("agent", "recommend_s", 3600.0, "Seconds between runs of the recommenders."),
+    Option("agent", "buffer_max_shares", 200_000, "Shares held in memory while the store is away; "
+           "beyond it the oldest are dropped and counted."),
+    Option("agent", "log_level", "info", "debug | info | warning | error."),
+    Option("store", "url", "", "SQLAlchemy URL; empty: SQLite in the data directory. "
+           f"Overridden by ${ENV_DB} and --db."),
+    Option("store", "retention_days", 90, "Days of per-interval shares kept; rollups are kept."),
+    Option("plugins", "disabled", [], "Plugin names (as `infermeter plugins` lists) not to load.",
+           list),
+)
+
+_VALID_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Effective values keyed ``section.key``, with where each came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    options: Mapping[str, Option]
+    path: Path | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def section(self, section: str) -> dict[str, Any]:
+        prefix = section + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    @property
+    def host(self) -> str:
+        return str(self.values["agent.host"]) or socket.gethostname()
+
+    @property
+    def store_url(self) -> str:
+        return str(self.values["store.url"]) or default_sqlite_url()
+
+
+def data_dir() -> Path:
+    """Where the embedded store lives: /var/lib/infermeter for root, else per user."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/infermeter")
+    return Path(platformdirs.user_data_dir("infermeter", appauthor=False))
+
+
+def default_sqlite_url() -> str:
+    return f"sqlite:///{data_dir() / 'infermeter.db'}"
+
+
+def default_config_paths() -> list[Path]:
+    """Searched in order when neither --config nor $INFERMETER_CONFIG is given."""
+    return [
+        Path(platformdirs.user_config_dir("infermeter", appauthor=False)) / "config.toml",
+        Path("/etc/infermeter/config.toml"),
+    ]
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> tuple[Path | None, str]:
+    """Return the file to read and how it was chosen. An explicit one must exist."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (--config) does not exist")
+        return path, "--config"
+    if environ.get(ENV_CONFIG):
+        path = Path(environ[ENV_CONFIG])
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (${ENV_CONFIG}) does not exist")
+        return path, f"${ENV_CONFIG}"
+    for path in default_config_paths():
+        if path.is_file():
+            return path, "default location"
+    return None, ""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+
+
+def build_config(
+    options: Iterable[Option],
+    file_values: Mapping[str, Any] | None = None,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge defaults < file < environment < command-line overrides, checking each key."""
+    declared: dict[str, Option] = {}
+    for opt in options:
+        declared[opt.name] = opt
+    values = {name: opt.default for name, opt in declared.items()}
+    sources = dict.fromkeys(declared, "default")
+    where = str(path) if path else "config"
+
+    for section, table in (file_values or {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: `{section}` must be a [section] table")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            _set(declared, values, sources, name, value, f"file {where}")
+
+    env = environ if environ is not None else os.environ
+    if env.get(ENV_DB):
+        _set(declared, values, sources, "store.url", env[ENV_DB], f"${ENV_DB}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            _set(declared, values, sources, name, value, _flag_for(name))
+
+    _check_values(values)
+    return Config(values=values, sources=sources, options=declared, path=path)
+
+
+def load_config(
+    options: Sequence[Option],
+    explicit_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    env = environ if environ is not None else os.environ
+    path, _how = find_config_file(explicit_path, env)
+    file_values = read_toml(path) if path else {}
+    return build_config(options, file_values, path, env, overrides)
+
+
+def _flag_for(name: str) -> str:
+    return {"store.url": "--db"}.get(name, f"option {name}")
+
+
+def _set(
+    declared: Mapping[str, Option],
+    values: dict[str, Any],
+    sources: dict[str, str],
+    name: str,
+    value: Any,
+    source: str,
+) -> None:
+    opt = declared.get(name)
+    if opt is None:
+        raise ConfigError(f"unknown config key `{name}` in {source}")
+    if not opt.accepts(value):
+        want = opt.type if opt.type is not None else type(opt.default)
+        want_name = (
+            " or ".join(t.__name__ for t in want) if isinstance(want, tuple) else want.__name__
+        )
+        raise ConfigError(
+            f"config key `{name}` in {source} must be {want_name}, not {type(value).__name__} "
+            f"({value!r})"
+        )
+    if isinstance(opt.default, float) and isinstance(value, int):
+        value = float(value)
+    values[name] = value
+    sources[name] = source
+
+
+def _check_values(values: Mapping[str, Any]) -> None:
+    for name in ("agent.tick_s", "agent.flush_s", "agent.rollup_s", "agent.retention_s",
+                 "agent.recommend_s"):
+        if values[name] <= 0:
+            raise ConfigError(f"config key `{name}` must be > 0, not {values[name]}")
+    if values["agent.flush_s"] < values["agent.tick_s"]:
+        raise ConfigError("config key `agent.flush_s` must be >= `agent.tick_s`")
+    if values["agent.log_level"] not in _VALID_LOG_LEVELS:
+        raise ConfigError(
+            f"config key `agent.log_level` must be one of {', '.join(_VALID_LOG_LEVELS)}, "
+            f"not {values['agent.log_level']!r}"
+        )
+    if values["store.retention_days"] < 1:
+        raise ConfigError("config key `store.retention_days` must be >= 1")

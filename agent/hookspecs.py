@@ -1,0 +1,211 @@
+"""Every hook a plugin can implement, in one place.
+
+A plugin is a module (or, when it keeps state, an object) with functions named
+like these and marked ``@infermeter.hookimpl``. Built-in plugins in
+``infermeter.plugins`` register through the ``infermeter`` entry-point group
+exactly as a third-party package does. Unless a hook says "first result
+wins", every implementation is called and the results are collected in a list
+(pluggy drops ``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from infermeter.config import Config, Option
+    from infermeter.records import Reading, Recommendation, Share, Span, Target
+
+hookspec = pluggy.HookspecMarker("infermeter")
+hookimpl = pluggy.HookimplMarker("infermeter")
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """What ``infermeter_meters`` returns: one source of energy readings.
+
+    ``read(now, targets)`` is called once per tick from the scheduler's thread
+    with the targets known at that tick (by pid) and returns the readings for
+    the interval since its previous call (none on the first call, which only
+    sets the baseline). Per-pid weights may name pids that are not targets:
+    their share goes to ``other``. It must not raise for a device that went
+    away: it returns a degraded reading (``note`` says why) or none, and logs.
+    ``close()`` is called once at shutdown.
+    """
+
+    name: str
+
+    def read(self, now: float, targets: Mapping[int, Target]) -> Sequence[Reading]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SpanSource(Protocol):
+    """What ``infermeter_span_sources`` returns: spans from inference processes.
+
+    ``drain()`` returns every span received since the previous call and never
+    blocks; ``dropped()`` counts what the source had to throw away (malformed,
+    over size, buffer full) since it started.
+    """
+
+    name: str
+
+    def drain(self) -> Sequence[Span]: ...
+
+    def dropped(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Recorder(Protocol):
+    """What ``infermeter_recorders`` returns: writes raw samples into a trace.
+
+    ``sample(now)`` is called every ``period_s`` seconds by ``infermeter
+    record`` and appends what the hardware said at ``now`` to the plugin's own
+    files in the trace folder, in the format of the shared fixtures (so the
+    same plugin's replay meters can read it back). ``close()`` flushes them.
+    """
+
+    name: str
+    period_s: float
+
+    def sample(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ProcessInfo(Protocol):
+    """What discovery plugins see of a process: cheap fields, read once a tick."""
+
+    pid: int
+    start_time: float  # UTC seconds, from the kernel's process start time
+    name: str
+    cmdline: tuple[str, ...]
+    username: str | None
+
+
+@hookspec
+def infermeter_config_options() -> Sequence[Option]:
+    """Declare the config keys a plugin reads, with their defaults and types.
+
+    Called once when the plugins are loaded, before the config file is read.
+    A key that no plugin and not the core declares is an error in the file,
+    so a typo never passes silently. Options live under the plugin's own
+    ``[section]``.
+    """
+
+
+@hookspec
+def infermeter_meters(config: Config) -> Sequence[Meter]:
+    """Return the meters this plugin offers on this host (may be empty).
+
+    Called once at agent start-up. Hardware that is absent is not an error:
+    return nothing and log once why (no driver, no permission and the fix).
+    Each meter's ``read(now)`` returns Readings with energy in joules and
+    the method (measured / integrated / estimated) that produced it.
+    """
+
+
+@hookspec(firstresult=True)
+def infermeter_discover(process: ProcessInfo, config: Config) -> Target | None:
+    """Decide whether a process is an inference target; first result wins.
+
+    Called once per new process (identity: pid and start time), never again
+    for the same process, so an implementation may do expensive work such as
+    reading ``/proc/PID/maps``. Returns a Target with its framework and labels,
+    or None to let the next plugin decide.
+    """
+
+
+@hookspec
+def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
+    """Return recorders that write this plugin's raw samples into ``out_dir``.
+
+    Called once by ``infermeter record``. A plugin whose hardware is absent
+    returns nothing. File names and formats are the plugin's own, matching
+    what its ``infermeter_replay_meters`` reads.
+    """
+
+
+@hookspec
+def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]:
+    """Return meters that answer from a recorded trace instead of hardware.
+
+    Called once by ``infermeter replay`` (and the tests). The meters must run
+    the same code as the live ones with the hardware library replaced by a
+    stand-in answering from the recording; ``read(now, targets)`` receives
+    ``now`` on the trace's own clock. A plugin that finds none of its files
+    in ``trace_dir`` returns nothing.
+    """
+
+
+@hookspec
+def infermeter_replay_targets(trace_dir: Path, config: Config) -> Sequence[Target]:
+    """Return the processes a trace recorded, as Targets (framework, labels).
+
+    Called once by ``infermeter replay``; the union of all plugins' answers
+    is the replay's target set (first answer for a pid wins).
+    """
+
+
+@hookspec
+def infermeter_replay_window(trace_dir: Path) -> tuple[float, float] | None:
+    """Return (first, last) UTC seconds this plugin's files in the trace cover.
+
+    The replay runs ticks over the union of all windows returned.
+    """
+
+
+@hookspec
+def infermeter_span_sources(config: Config) -> Sequence[SpanSource]:
+    """Return sources of Spans (the SDK's socket receiver, scrapers).
+
+    Called once at agent start-up; each source is drained every tick.
+    """
+
+
+@hookspec(firstresult=True)
+def infermeter_price(share: Share, card: Mapping[str, Any]) -> Mapping[str, float | None] | None:
+    """Price one share under one price card; first result wins.
+
+    Returns ``{"energy_cost": ..., "capacity_cost": ..., "carbon_g": ...}`` in
+    the card's currency and grams CO2e; a value that cannot be known is None
+    (stored as unpriced), never 0. The built-in pricing is ``trylast`` so a
+    plugin can override it for the devices it knows better.
+    """
+
+
+@hookspec
+def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+    """Return recommendations drawn from measured statistics.
+
+    Called by the recommend job with per-model, per-target and per-device
+    statistics over the recommend window. An implementation with too little
+    data returns nothing rather than guessing; savings are per month.
+    """
+
+
+@hookspec
+def infermeter_export(batch: Sequence[Share], config: Config) -> None:
+    """Receive every flushed batch of shares after it is committed.
+
+    Called from the flush job, after the store's transaction succeeded, so an
+    exporter never publishes what the store may roll back. Must not block for
+    long: the next flush waits for it.
+    """
+
+
+@hookspec
+def infermeter_instrument(emit: Any) -> None:
+    """Patch a runtime inside the inference process, if it is importable.
+
+    Called by ``infermeter.instrument()`` in the application's process, not in
+    the agent. ``emit(span)`` queues one Span without blocking; an
+    implementation must never raise into the application.
+    """

@@ -1,0 +1,177 @@
+"""The plain records that flow between the agent's steps.
+
+Every step of the agent (discover, read meters, attribute, price, store,
+recommend) is a function from records to records. Keeping them frozen means a
+plugin can never change what another plugin or the store has already seen.
+
+Units are in the names: ``energy_j`` joules, ``power_w`` watts, ``t0``/``t1``
+UTC seconds since the epoch, intervals half-open ``[t0, t1)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Method(StrEnum):
+    """How an energy figure was obtained: its provenance, carried to every row."""
+
+    MEASURED = "measured"  # a hardware energy counter (NVML total energy, RAPL)
+    INTEGRATED = "integrated"  # power samples integrated over time
+    ESTIMATED = "estimated"  # a model (utilisation x TDP), no sensor at all
+
+
+class Bucket(StrEnum):
+    """Where a share of a device's energy went (DESIGN.md, attribution)."""
+
+    ACTIVE = "active"  # work done for a known target
+    KEEPWARM = "keepwarm"  # extra draw of a device merely held by targets
+    IDLE = "idle"  # the device's baseline with nothing on it
+    OTHER = "other"  # work that no known target explains
+
+
+class Framework(StrEnum):
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    LITERT = "litert"
+    UNKNOWN = "unknown"
+
+
+class DeviceKind(StrEnum):
+    GPU = "gpu"
+    CPU_PACKAGE = "cpu-package"
+    DRAM = "dram"
+    CPU = "cpu"  # a whole-host CPU figure, as the estimate gives
+
+
+# (host, pid, process start time): pids are reused, this triple is not.
+TargetKey = tuple[str, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One process being metered."""
+
+    host: str
+    pid: int
+    start_time: float
+    framework: Framework = Framework.UNKNOWN
+    cmdline: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    how_found: str = "runtime"  # runtime | rule | sdk
+
+    @property
+    def key(self) -> TargetKey:
+        return (self.host, self.pid, self.start_time)
+
+    @property
+    def model(self) -> str | None:
+        return self.labels.get("model")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A metered device as its meter describes it once, not every reading."""
+
+    uid: str  # stable across restarts: GPU UUID, MIG UUID, "rapl:package-0", "cpu"
+    kind: DeviceKind
+    name: str  # product name, e.g. "NVIDIA H100 80GB HBM3"
+    index: int = 0
+    memory_total_bytes: int | None = None
+    power_limit_w: float | None = None
+    idle_power_w: float | None = None  # bare baseline, nothing on the device
+    keepwarm_power_w: float | None = None  # extra draw while a context is held
+    parent_uid: str | None = None  # the physical GPU of a MIG instance
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One meter over one interval [t0, t1).
+
+    ``weights`` are per-pid activity seen in the interval (GPU: smUtil-weighted
+    sample counts; CPU: CPU-seconds) and ``weight_basis`` names which signal
+    they are, so a report can say how a split was made. ``holders`` are the
+    pids that held the device (a GPU context) whether or not they computed.
+    ``busy_fraction`` is how busy the device was (0..1) when the meter knows.
+    """
+
+    device: Device
+    t0: float
+    t1: float
+    energy_j: float
+    method: Method
+    weights: Mapping[int, float] = field(default_factory=dict, hash=False)
+    weight_basis: str = "none"  # sm-util | gpu-memory | equal | cpu-seconds | none
+    holders: frozenset[int] = frozenset()
+    busy_fraction: float | None = None
+    note: str = ""  # why a reading is degraded, when it is
+
+    @property
+    def duration_s(self) -> float:
+        return self.t1 - self.t0
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One model call or one request inside a target."""
+
+    pid: int
+    model: str
+    t0: float
+    t1: float
+    items: int = 1
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    request_id: str | None = None
+    tenant: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Energy of one reading assigned to one bucket."""
+
+    t0: float
+    t1: float
+    device_uid: str
+    bucket: Bucket
+    method: Method
+    energy_j: float
+    target: TargetKey | None = None
+    model: str | None = None
+    tenant: str | None = None
+    weight_basis: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Savings:
+    """A monthly saving with its range; the point estimate lies inside it."""
+
+    usd: float
+    usd_low: float
+    usd_high: float
+    kwh: float
+    kgco2e: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    kind: str  # batch | quantize | move-to-cpu | right-size | release-idle | power-cap
+    subject_kind: str  # model | target | device | host
+    subject: str
+    evidence: Mapping[str, Any] = field(hash=False)
+    savings: Savings
+    confidence: str  # high | medium | low
+    confidence_reason: str
+    how_to_apply: str
+
+    @property
+    def stable_id(self) -> str:
+        """Same advice about the same subject keeps its id across runs."""
+        raw = json.dumps([self.kind, self.subject_kind, self.subject])
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The SQL store: schema, migrations, connection, and the writes of a flush."""

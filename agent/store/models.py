@@ -1,0 +1,246 @@
+"""The SQL schema as SQLAlchemy 2 typed models.
+
+Alembic migrations create it (never ``create_all``); a test checks that the
+migrations and these models agree. Times are UTC seconds since the epoch
+(``t0``/``t1``, ``hour``) so SQLite and PostgreSQL compare them alike.
+Natural keys that contain a nullable column ("no target", "no model") are
+unique indexes over ``coalesce(column, 0)`` or ``coalesce(column, '')``,
+because both databases treat NULLs as distinct in a plain unique constraint
+and a retried flush would otherwise count twice.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("host_id", "uid"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    uid: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    index: Mapped[int] = mapped_column(Integer, default=0)
+    parent_uid: Mapped[str | None] = mapped_column(String(255))
+    memory_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    power_limit_w: Mapped[float | None] = mapped_column(Float)
+    # Learned from quiet windows and kept across restarts (attribution step 1-2).
+    idle_power_w: Mapped[float | None] = mapped_column(Float)
+    keepwarm_power_w: Mapped[float | None] = mapped_column(Float)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class TargetRow(Base):
+    __tablename__ = "targets"
+    __table_args__ = (UniqueConstraint("host_id", "pid", "start_time"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    pid: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[float] = mapped_column(Float)
+    framework: Mapped[str] = mapped_column(String(32))
+    cmdline: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    how_found: Mapped[str] = mapped_column(String(16), default="runtime")
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    framework: Mapped[str | None] = mapped_column(String(32))
+    dtype: Mapped[str | None] = mapped_column(String(32))
+    parameters: Mapped[int | None] = mapped_column(BigInteger)
+    first_seen: Mapped[float] = mapped_column(Float)
+
+
+class PriceCardRow(Base):
+    __tablename__ = "price_cards"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    body: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UsageShare(Base):
+    """Energy of one device over one flush interval, in one bucket.
+
+    Natural key: (device, t0, target, model, tenant, bucket, method,
+    weight_basis): a flush that saw a meter degrade from measured to
+    integrated keeps both rows. Costs are NULL when unpriced, never 0.
+    """
+
+    __tablename__ = "usage_shares"
+    __table_args__ = (
+        Index("ix_usage_shares_t0", "t0"),
+        Index("ix_usage_shares_model_id_t0", "model_id", "t0"),
+        Index("ix_usage_shares_target_id_t0", "target_id", "t0"),
+        Index("ix_usage_shares_tenant_t0", "tenant", "t0"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    t0: Mapped[float] = mapped_column(Float)
+    t1: Mapped[float] = mapped_column(Float)
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id", ondelete="SET NULL"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    bucket: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    weight_basis: Mapped[str] = mapped_column(String(32), default="none")
+    energy_j: Mapped[float] = mapped_column(Float)
+    energy_cost: Mapped[float | None] = mapped_column(Float)
+    capacity_cost: Mapped[float | None] = mapped_column(Float)
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    price_card_id: Mapped[int | None] = mapped_column(ForeignKey("price_cards.id"))
+
+
+class UsageHourly(Base):
+    """Hourly rollup of usage_shares, kept after raw shares are pruned."""
+
+    __tablename__ = "usage_hourly"
+    __table_args__ = (
+        Index("ix_usage_hourly_hour", "hour"),
+        Index("ix_usage_hourly_model_id_hour", "model_id", "hour"),
+        Index("ix_usage_hourly_tenant_hour", "tenant", "hour"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    hour: Mapped[float] = mapped_column(Float)  # start of the UTC hour
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id", ondelete="SET NULL"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    bucket: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    energy_j: Mapped[float] = mapped_column(Float)
+    energy_cost: Mapped[float | None] = mapped_column(Float)
+    capacity_cost: Mapped[float | None] = mapped_column(Float)
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+Index(
+    "uq_usage_shares_natural_key",
+    UsageShare.device_id,
+    UsageShare.t0,
+    func.coalesce(UsageShare.target_id, 0),
+    func.coalesce(UsageShare.model_id, 0),
+    func.coalesce(UsageShare.tenant, ""),
+    UsageShare.bucket,
+    UsageShare.method,
+    UsageShare.weight_basis,
+    unique=True,
+)
+Index(
+    "uq_usage_hourly_natural_key",
+    UsageHourly.device_id,
+    UsageHourly.hour,
+    func.coalesce(UsageHourly.target_id, 0),
+    func.coalesce(UsageHourly.model_id, 0),
+    func.coalesce(UsageHourly.tenant, ""),
+    UsageHourly.bucket,
+    UsageHourly.method,
+    unique=True,
+)
+
+
+class RequestRow(Base):
+    """One request (or model call) with the energy attributed to it."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        UniqueConstraint("target_id", "request_key"),
+        Index("ix_requests_model_id_t0", "model_id", "t0"),
+        Index("ix_requests_tenant_t0", "tenant", "t0"),
+        Index("ix_requests_t0", "t0"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    # The SDK's request id, or one derived from the span's start when there is none.
+    request_key: Mapped[str] = mapped_column(String(255))
+    t0: Mapped[float] = mapped_column(Float)
+    t1: Mapped[float] = mapped_column(Float)
+    items: Mapped[int] = mapped_column(Integer, default=1)
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    energy_j: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))
+    energy_cost: Mapped[float | None] = mapped_column(Float)
+    capacity_cost: Mapped[float | None] = mapped_column(Float)
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    price_card_id: Mapped[int | None] = mapped_column(ForeignKey("price_cards.id"))
+
+
+class RecommendationRow(Base):
+    __tablename__ = "recommendations"
+    __table_args__ = (Index("ix_recommendations_status", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stable_id: Mapped[str] = mapped_column(String(32), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject_kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(255))
+    evidence: Mapped[dict[str, object]] = mapped_column(JSON)
+    savings_usd_month: Mapped[float] = mapped_column(Float)
+    savings_usd_low: Mapped[float] = mapped_column(Float)
+    savings_usd_high: Mapped[float] = mapped_column(Float)
+    savings_kwh_month: Mapped[float] = mapped_column(Float)
+    savings_kgco2e_month: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[str] = mapped_column(String(8))
+    confidence_reason: Mapped[str] = mapped_column(Text)
+    how_to_apply: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class AgentState(Base):
+    """Small facts the agent keeps across restarts (span drop counts, last rollup)."""
+
+    __tablename__ = "agent_state"
+    __table_args__ = (UniqueConstraint("host_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(Text)
