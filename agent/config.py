@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+
 from infermeter.errors import ConfigError
 
 ENV_CONFIG = "INFERMETER_CONFIG"
@@ -39,8 +40,10 @@ class Option:
 
     def accepts(self, value: Any) -> bool:
         expected = self.type if self.type is not None else type(self.default)
-        if isinstance(value, bool) and expected is not bool and not (
-            isinstance(expected, tuple) and bool in expected
+        if (
+            isinstance(value, bool)
+            and expected is not bool
+            and not (isinstance(expected, tuple) and bool in expected)
         ):
             return False  # TOML true is not the number 1
         if expected is float and isinstance(value, int):
@@ -57,14 +60,24 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("agent", "rollup_s", 300.0, "Seconds between updates of the hourly rollups."),
     Option("agent", "retention_s", 3600.0, "Seconds between runs of the retention job."),
     Option("agent", "recommend_s", 3600.0, "Seconds between runs of the recommenders."),
-    Option("agent", "buffer_max_shares", 200_000, "Shares held in memory while the store is away; "
-           "beyond it the oldest are dropped and counted."),
+    Option(
+        "agent",
+        "buffer_max_shares",
+        200_000,
+        "Shares held in memory while the store is away; "
+        "beyond it the oldest are dropped and counted.",
+    ),
     Option("agent", "log_level", "info", "debug | info | warning | error."),
-    Option("store", "url", "", "SQLAlchemy URL; empty: SQLite in the data directory. "
-           f"Overridden by ${ENV_DB} and --db."),
+    Option(
+        "store",
+        "url",
+        "",
+        f"SQLAlchemy URL; empty: SQLite in the data directory. Overridden by ${ENV_DB} and --db.",
+    ),
     Option("store", "retention_days", 90, "Days of per-interval shares kept; rollups are kept."),
-    Option("plugins", "disabled", [], "Plugin names (as `infermeter plugins` lists) not to load.",
-           list),
+    Option(
+        "plugins", "disabled", [], "Plugin names (as `infermeter plugins` lists) not to load.", list
+    ),
 )
 
 _VALID_LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -84,7 +97,7 @@ class Config:
 
     def section(self, section: str) -> dict[str, Any]:
         prefix = section + "."
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
     @property
     def host(self) -> str:
@@ -95,8 +108,16 @@ class Config:
         return str(self.values["store.url"]) or default_sqlite_url()
 
 
+ENV_DATA_DIR = "INFERMETER_DATA_DIR"
+
+
 def data_dir() -> Path:
-    """Where the embedded store lives: /var/lib/infermeter for root, else per user."""
+    """Where the embedded store lives: /var/lib/infermeter for root, else per user.
+
+    ``$INFERMETER_DATA_DIR`` moves it (packaging, containers, tests).
+    """
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR])
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/infermeter")
     return Path(platformdirs.user_data_dir("infermeter", appauthor=False))
@@ -218,8 +239,13 @@ def _set(
 
 
 def _check_values(values: Mapping[str, Any]) -> None:
-    for name in ("agent.tick_s", "agent.flush_s", "agent.rollup_s", "agent.retention_s",
-                 "agent.recommend_s"):
+    for name in (
+        "agent.tick_s",
+        "agent.flush_s",
+        "agent.rollup_s",
+        "agent.retention_s",
+        "agent.recommend_s",
+    ):
         if values[name] <= 0:
             raise ConfigError(f"config key `{name}` must be > 0, not {values[name]}")
     if values["agent.flush_s"] < values["agent.tick_s"]:

@@ -15,6 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
+
 from infermeter import hookspecs
 from infermeter.config import CORE_OPTIONS, Option
 

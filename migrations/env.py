@@ -8,8 +8,9 @@ constraint a name that batch mode can drop.
 from __future__ import annotations
 
 from alembic import context
-from infermeter.store.models import Base
 from sqlalchemy import Engine, create_engine
+
+from infermeter.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

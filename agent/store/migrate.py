@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import infermeter.migrations
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from infermeter.errors import StoreError
 from sqlalchemy import Engine
+
+import infermeter.migrations
+from infermeter.errors import StoreError
 
 # The folder of the installed ``infermeter.migrations`` package, found through
 # the import system so that a wheel and an editable install both resolve it

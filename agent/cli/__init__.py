@@ -1,0 +1,95 @@
+"""The ``infermeter`` command: a thin shell over the agent's functions.
+
+Every command shares the global options (--config, --db, --log-level) and one
+lazily built application context; a problem the user can fix is one line on
+stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import cached_property
+from typing import Any
+
+import click
+
+from infermeter.config import Config, load_config
+from infermeter.errors import InfermeterError
+from infermeter.plugin_manager import PluginManager, make_plugin_manager
+
+log = logging.getLogger("infermeter")
+
+
+class App:
+    """What the commands share: the plugins and the effective config."""
+
+    def __init__(self, config_path: str | None, db_url: str | None, log_level: str | None) -> None:
+        self.config_path = config_path
+        self.overrides: dict[str, Any] = {"store.url": db_url, "agent.log_level": log_level}
+
+    @cached_property
+    def pm(self) -> PluginManager:
+        return make_plugin_manager()
+
+    @cached_property
+    def config(self) -> Config:
+        config = load_config(self.pm.config_options(), self.config_path, overrides=self.overrides)
+        disabled = list(config["plugins.disabled"])
+        known = {name for name, _ in self.pm.list_name_plugin()}
+        for name in disabled:
+            if name not in known:
+                log.warning("plugins.disabled names %s, which is not installed", name)
+        self.pm.block(disabled)
+        return config
+
+    def setup_logging(self) -> None:
+        level = getattr(logging, str(self.config["agent.log_level"]).upper())
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+        logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+
+
+class InfermeterGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InfermeterError as e:
+            click.echo(f"infermeter: error: {e}", err=True)
+            ctx.exit(2)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=InfermeterGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Config file (default: $INFERMETER_CONFIG, then the default locations).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="Store URL, any SQLAlchemy URL (default: $INFERMETER_DB, config, SQLite).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(package_name="infermeter")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: str | None, db_url: str | None, log_level: str | None
+) -> None:
+    """Meter the energy, cost and carbon of AI inference, per process, model and request."""
+    ctx.obj = App(config_path, db_url, log_level)
+
+
+def main() -> None:
+    from infermeter.cli import commands  # noqa: F401  (registers the commands)
+
+    cli()

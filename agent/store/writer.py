@@ -1,0 +1,319 @@
+"""The agent's writes: one transaction per flush, idempotent on natural keys.
+
+A flush may be retried after a failure that happened after the commit (a
+lost connection, a killed agent that replays its buffer): rows already
+stored are skipped on their natural key, so nothing counts twice. Hosts,
+devices, targets and models are created on first sight and their ids cached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from infermeter.records import Device, Share, Target, TargetKey
+from infermeter.store.models import (
+    AgentState,
+    DeviceRow,
+    Host,
+    ModelRow,
+    TargetRow,
+    UsageHourly,
+    UsageShare,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    """What one flush stores: shares merged per flush window, and who they name."""
+
+    shares: Sequence[Share]
+    devices: Sequence[Device]
+    targets: Sequence[Target]
+    now: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def insert_ignoring_duplicates(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """INSERT rows, skipping any whose natural key is already stored."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
+    elif dialect == "postgresql":
+        conn.execute(postgresql.insert(table).on_conflict_do_nothing(), rows)
+    else:  # any other database: one savepoint per row
+        for row in rows:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(table), row)
+            except IntegrityError:
+                pass
+
+
+class Store:
+    """The store of one host. Thread-compatible: one flush at a time."""
+
+    def __init__(self, engine: Engine, host: str) -> None:
+        self.engine = engine
+        self.host = host
+        self._host_id: int | None = None
+        self._device_ids: dict[str, int] = {}
+        self._target_ids: dict[TargetKey, int] = {}
+        self._model_ids: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ----- identities -------------------------------------------------------
+
+    def host_id(self, conn: Connection, now: float) -> int:
+        if self._host_id is None:
+            insert_ignoring_duplicates(
+                conn, Host.__table__, [{"name": self.host, "first_seen": now, "last_seen": now}]
+            )
+            self._host_id = conn.execute(select(Host.id).where(Host.name == self.host)).scalar_one()
+        return self._host_id
+
+    def device_id(self, conn: Connection, device: Device, now: float) -> int:
+        cached = self._device_ids.get(device.uid)
+        if cached is not None:
+            return cached
+        host_id = self.host_id(conn, now)
+        row = {
+            "host_id": host_id,
+            "uid": device.uid,
+            "kind": str(device.kind),
+            "name": device.name,
+            "index": device.index,
+            "parent_uid": device.parent_uid,
+            "memory_total_bytes": device.memory_total_bytes,
+            "power_limit_w": device.power_limit_w,
+            "idle_power_w": device.idle_power_w,
+            "keepwarm_power_w": device.keepwarm_power_w,
+            "first_seen": now,
+            "last_seen": now,
+        }
+        insert_ignoring_duplicates(conn, DeviceRow.__table__, [row])
+        device_id = conn.execute(
+            select(DeviceRow.id).where(DeviceRow.host_id == host_id, DeviceRow.uid == device.uid)
+        ).scalar_one()
+        self._device_ids[device.uid] = device_id
+        return device_id
+
+    def target_id(self, conn: Connection, target: Target, now: float) -> int:
+        cached = self._target_ids.get(target.key)
+        if cached is not None:
+            return cached
+        host_id = self.host_id(conn, now)
+        row = {
+            "host_id": host_id,
+            "pid": target.pid,
+            "start_time": target.start_time,
+            "framework": str(target.framework),
+            "cmdline": " ".join(target.cmdline),
+            "labels": dict(target.labels),
+            "how_found": target.how_found,
+            "first_seen": now,
+            "last_seen": now,
+        }
+        insert_ignoring_duplicates(conn, TargetRow.__table__, [row])
+        target_id = conn.execute(
+            select(TargetRow.id).where(
+                TargetRow.host_id == host_id,
+                TargetRow.pid == target.pid,
+                TargetRow.start_time == target.start_time,
+            )
+        ).scalar_one()
+        self._target_ids[target.key] = target_id
+        return target_id
+
+    def model_id(
+        self, conn: Connection, name: str, now: float, framework: str | None = None
+    ) -> int:
+        cached = self._model_ids.get(name)
+        if cached is not None:
+            return cached
+        insert_ignoring_duplicates(
+            conn,
+            ModelRow.__table__,
+            [{"name": name, "framework": framework, "first_seen": now}],
+        )
+        model_id = conn.execute(select(ModelRow.id).where(ModelRow.name == name)).scalar_one()
+        self._model_ids[name] = model_id
+        return model_id
+
+    def _forget_ids(self) -> None:
+        """After a rollback the cached ids may name rows that were never committed."""
+        self._host_id = None
+        self._device_ids.clear()
+        self._target_ids.clear()
+        self._model_ids.clear()
+
+    # ----- the flush --------------------------------------------------------
+
+    def write_flush(self, batch: FlushBatch) -> int:
+        """Store one flush in one transaction; returns the shares written."""
+        try:
+            with self.engine.begin() as conn:
+                return self._write(conn, batch)
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def _write(self, conn: Connection, batch: FlushBatch) -> int:
+        now = batch.now
+        host_id = self.host_id(conn, now)
+        devices = {d.uid: d for d in batch.devices}
+        targets = {t.key: t for t in batch.targets}
+        for device in devices.values():
+            self.device_id(conn, device, now)
+        for target in targets.values():
+            self.target_id(conn, target, now)
+        rows = []
+        for s in batch.shares:
+            target_id = self._target_ids.get(s.target) if s.target else None
+            framework = str(targets[s.target].framework) if s.target in targets else None
+            rows.append(
+                {
+                    "host_id": host_id,
+                    "device_id": self._device_ids[s.device_uid],
+                    "t0": s.t0,
+                    "t1": s.t1,
+                    "target_id": target_id,
+                    "model_id": self.model_id(conn, s.model, now, framework) if s.model else None,
+                    "tenant": s.tenant,
+                    "bucket": str(s.bucket),
+                    "method": str(s.method),
+                    "weight_basis": s.weight_basis,
+                    "energy_j": s.energy_j,
+                }
+            )
+        insert_ignoring_duplicates(conn, UsageShare.__table__, rows)
+        conn.execute(update(Host).where(Host.id == host_id).values(last_seen=now))
+        if self._device_ids:
+            conn.execute(
+                update(DeviceRow)
+                .where(DeviceRow.id.in_([self._device_ids[u] for u in devices]))
+                .values(last_seen=now)
+            )
+        seen = [self._target_ids[k] for k in targets]
+        if seen:
+            conn.execute(update(TargetRow).where(TargetRow.id.in_(seen)).values(last_seen=now))
+        return len(rows)
+
+    # ----- rollups and retention -------------------------------------------
+
+    def rollup(self, since: float, until: float) -> int:
+        """Recompute the hourly rollup of every hour touching [since, until)."""
+        first_hour = math.floor(since / 3600) * 3600
+        with self.engine.begin() as conn:
+            host_id = self.host_id(conn, until)
+            q = select(
+                UsageShare.device_id,
+                UsageShare.t0,
+                UsageShare.t1,
+                UsageShare.target_id,
+                UsageShare.model_id,
+                UsageShare.tenant,
+                UsageShare.bucket,
+                UsageShare.method,
+                UsageShare.energy_j,
+                UsageShare.energy_cost,
+                UsageShare.capacity_cost,
+                UsageShare.carbon_g,
+            ).where(
+                UsageShare.host_id == host_id, UsageShare.t0 >= first_hour, UsageShare.t0 < until
+            )
+            groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for r in conn.execute(q):
+                hour = math.floor(r.t0 / 3600) * 3600
+                key = (r.device_id, hour, r.target_id, r.model_id, r.tenant, r.bucket, r.method)
+                g = groups.setdefault(
+                    key,
+                    {
+                        "energy_j": 0.0,
+                        "energy_cost": 0.0,
+                        "capacity_cost": 0.0,
+                        "carbon_g": 0.0,
+                        "seconds": 0.0,
+                        "_unpriced": set(),
+                    },
+                )
+                g["energy_j"] += r.energy_j
+                g["seconds"] += r.t1 - r.t0
+                for col in ("energy_cost", "capacity_cost", "carbon_g"):
+                    value = getattr(r, col)
+                    if value is None:
+                        g["_unpriced"].add(col)  # one unpriced row makes the sum unknown
+                    else:
+                        g[col] += value
+            conn.execute(
+                delete(UsageHourly).where(
+                    UsageHourly.host_id == host_id,
+                    UsageHourly.hour >= first_hour,
+                    UsageHourly.hour < until,
+                )
+            )
+            rows = []
+            for (device_id, hour, target_id, model_id, tenant, bucket, method), g in groups.items():
+                unpriced = g.pop("_unpriced")
+                for col in unpriced:
+                    g[col] = None
+                rows.append(
+                    {
+                        "host_id": host_id,
+                        "device_id": device_id,
+                        "hour": hour,
+                        "target_id": target_id,
+                        "model_id": model_id,
+                        "tenant": tenant,
+                        "bucket": bucket,
+                        "method": method,
+                        **g,
+                    }
+                )
+            if rows:
+                conn.execute(insert(UsageHourly), rows)
+            return len(rows)
+
+    def prune(self, before: float) -> int:
+        """Delete raw shares older than ``before``; their hourly rollups stay."""
+        with self.engine.begin() as conn:
+            host_id = self.host_id(conn, before)
+            result = conn.execute(
+                delete(UsageShare).where(UsageShare.host_id == host_id, UsageShare.t1 <= before)
+            )
+            return int(result.rowcount or 0)
+
+    # ----- small persistent facts ------------------------------------------
+
+    def get_state(self, key: str) -> Any:
+        with self.engine.begin() as conn:
+            host_id = self.host_id(conn, 0.0)
+            raw = conn.execute(
+                select(AgentState.value).where(AgentState.host_id == host_id, AgentState.key == key)
+            ).scalar_one_or_none()
+        return None if raw is None else json.loads(raw)
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.engine.begin() as conn:
+            host_id = self.host_id(conn, 0.0)
+            raw = json.dumps(value)
+            done = conn.execute(
+                update(AgentState)
+                .where(AgentState.host_id == host_id, AgentState.key == key)
+                .values(value=raw)
+            )
+            if not done.rowcount:
+                conn.execute(insert(AgentState).values(host_id=host_id, key=key, value=raw))

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import infermeter_cmd
+
+from infermeter.config import CORE_OPTIONS, Option, build_config, load_config
+from infermeter.errors import ConfigError
+
+
+def test_defaults_and_sources() -> None:
+    cfg = build_config(CORE_OPTIONS, environ={})
+    assert cfg["agent.tick_s"] == 1.0
+    assert cfg["agent.flush_s"] == 10.0
+    assert cfg.sources["agent.tick_s"] == "default"
+    assert cfg.store_url.startswith("sqlite:///") and cfg.store_url.endswith("infermeter.db")
+
+
+def test_file_env_and_option_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\ntick_s = 2\nhost = "edge-1"\n[store]\nurl = "sqlite:///from-file.db"\n')
+    env = {"INFERMETER_DB": "sqlite:///from-env.db"}
+    cfg = load_config(CORE_OPTIONS, str(path), environ=env)
+    assert cfg["agent.tick_s"] == 2.0 and isinstance(cfg["agent.tick_s"], float)
+    assert cfg.sources["agent.tick_s"] == f"file {path}"
+    assert cfg.host == "edge-1"
+    assert cfg.store_url == "sqlite:///from-env.db"
+    assert cfg.sources["store.url"] == "$INFERMETER_DB"
+    cfg = load_config(CORE_OPTIONS, str(path), environ=env,
+                      overrides={"store.url": "sqlite:///from-flag.db"})
+    assert cfg.store_url == "sqlite:///from-flag.db"
+    assert cfg.sources["store.url"] == "--db"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "env.toml"
+    path.write_text("[agent]\nflush_s = 30\n")
+    cfg = load_config(CORE_OPTIONS, None, environ={"INFERMETER_CONFIG": str(path)})
+    assert cfg["agent.flush_s"] == 30.0
+    assert cfg.path == path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[agent]\ntik_s = 1\n", "unknown config key `agent.tik_s`"),
+        ("[nosuch]\nx = 1\n", "unknown config key `nosuch.x`"),
+        ('[agent]\ntick_s = "fast"\n', "config key `agent.tick_s`"),
+        ("[agent]\ntick_s = true\n", "must be float, not bool"),
+        ("[agent]\ntick_s = 0\n", "must be > 0"),
+        ("[agent]\ntick_s = 5\nflush_s = 2\n", "`agent.flush_s` must be >= `agent.tick_s`"),
+        ('[agent]\nlog_level = "loud"\n', "agent.log_level"),
+        ("agent = 3\n", "must be a [section] table"),
+        ("[agent\ntick_s = 1\n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as e:
+        load_config(CORE_OPTIONS, str(path), environ={})
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_plugin_options_are_declared_and_typed() -> None:
+    opts = [*CORE_OPTIONS, Option("gpu", "poll_s", 0.2, "poll")]
+    cfg = build_config(opts, {"gpu": {"poll_s": 1}}, environ={})
+    assert cfg.section("gpu") == {"poll_s": 1.0}
+    with pytest.raises(ConfigError, match="gpu.poll_s"):
+        build_config(opts, {"gpu": {"poll_s": [1]}}, environ={})
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(CORE_OPTIONS, str(tmp_path / "nope.toml"), environ={})
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[agent]\ntick_s = 'x'\n")
+    db = tmp_path / "store.db"
+    r = subprocess.run(
+        [*infermeter_cmd(), "--config", str(path), "--db", f"sqlite:///{db}", "run"],
+        env=cli_env, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [lines[-1]] and "agent.tick_s" in lines[-1], r.stderr
+    assert not db.exists(), "a bad config must write nothing"
+
+
+def test_cli_config_show_reports_sources(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[agent]\ntick_s = 0.5\n[synthetic]\npower_w = 250\n")
+    env = {**cli_env, "INFERMETER_CONFIG": str(path), "INFERMETER_DB": "sqlite:////tmp/x.db"}
+    r = subprocess.run([*infermeter_cmd(), "config", "show", "--json"],
+                       env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = json.loads(r.stdout)
+    assert out["file"] == str(path)
+    assert out["values"]["agent.tick_s"] == {"value": 0.5, "source": f"file {path}"}
+    assert out["values"]["synthetic.power_w"]["value"] == 250.0
+    assert out["values"]["store.url"]["source"] == "$INFERMETER_DB"
+    assert out["values"]["agent.flush_s"]["source"] == "default"
