@@ -94,10 +94,10 @@ def attribute_reading(
     drift = energy - sum(p[1] for p in parts)
     if drift:
         i = max(range(len(parts)), key=lambda k: parts[k][1])
-        b, e, pid = parts[i]
-        parts[i] = (b, e + drift, pid)
-    for bucket, energy_j, pid in parts:
-        add(bucket, energy_j, pid)
+        b, e, who = parts[i]
+        parts[i] = (b, e + drift, who)
+    for bucket, energy_j, who in parts:
+        add(bucket, energy_j, who)
     return shares
 
 

@@ -83,11 +83,22 @@ class Recorder(Protocol):
 class ProcessInfo(Protocol):
     """What discovery plugins see of a process: cheap fields, read once a tick."""
 
-    pid: int
-    start_time: float  # UTC seconds, from the kernel's process start time
-    name: str
-    cmdline: tuple[str, ...]
-    username: str | None
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def start_time(self) -> float:
+        """UTC seconds, from the kernel's process start time."""
+        ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cmdline(self) -> tuple[str, ...]: ...
+
+    @property
+    def username(self) -> str | None: ...
 
 
 @hookspec

@@ -15,7 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from infermeter.attribution import Baseline, attribute_reading, merge_shares
+from infermeter.attribution import attribute_reading, merge_shares
+from infermeter.baseline import BaselineLearner
 from infermeter.config import Config
 from infermeter.discovery import Discovery, ProcessInfo
 from infermeter.hookspecs import Meter
@@ -25,7 +26,7 @@ from infermeter.store.writer import FlushBatch, Store
 
 log = logging.getLogger(__name__)
 
-TargetSource = Callable[[], Mapping[int, Target]]
+TargetSource = Callable[[float], Mapping[int, Target]]
 
 
 class Agent:
@@ -45,7 +46,8 @@ class Agent:
         self.meters: list[Meter] = list(meters) if meters is not None else []
         self._meters_given = meters is not None
         self.discovery = Discovery(config.host, self._decide)
-        self._targets: TargetSource = targets or self.discovery.scan
+        self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
+        self.learner = BaselineLearner()
         self._lock = threading.Lock()
         self._pending: deque[Share] = deque()
         self._max_pending = int(config["agent.buffer_max_shares"])
@@ -61,6 +63,9 @@ class Agent:
     def start(self) -> None:
         if not self._meters_given:
             self.meters = self.pm.collect("infermeter_meters", config=self.config)
+        if self.store is not None:
+            for uid, (idle_w, keepwarm_w) in self.store.learned_baselines().items():
+                self.learner.seed(uid, idle_w, keepwarm_w)
         names = ", ".join(m.name for m in self.meters) or "none"
         log.info("meters: %s", names)
 
@@ -82,7 +87,7 @@ class Agent:
     def tick(self, now: float | None = None) -> list[Share]:
         """Discover, read every meter, attribute; keep the shares for the flush."""
         now = time.time() if now is None else now
-        targets = dict(self._targets())
+        targets = dict(self._targets(now))
         readings: list[Reading] = []
         for meter in self.meters:
             try:
@@ -92,7 +97,10 @@ class Agent:
         shares: list[Share] = []
         for reading in readings:
             self.devices[reading.device.uid] = reading.device
-            shares.extend(attribute_reading(reading, targets, self.baseline(reading.device)))
+            self.learner.observe(reading)
+            shares.extend(
+                attribute_reading(reading, targets, self.learner.baseline(reading.device))
+            )
         with self._lock:
             for target in targets.values():
                 self._seen_targets[target.key] = target
@@ -101,9 +109,6 @@ class Agent:
         self.last_readings = readings
         self.ticks += 1
         return shares
-
-    def baseline(self, device: Device) -> Baseline:
-        return Baseline(device.idle_power_w or 0.0, device.keepwarm_power_w or 0.0)
 
     def take_batch(self, now: float) -> FlushBatch:
         """Everything attributed since the last flush, merged per device window."""
@@ -126,6 +131,7 @@ class Agent:
             devices=[self.devices[uid] for uid in by_device],
             targets=[t for k, t in targets.items() if k in named],
             now=now,
+            baselines={uid: self.learner.learned(uid) for uid in by_device},
         )
 
     def flush(self, now: float | None = None) -> int:

@@ -105,3 +105,12 @@ def test_cli_config_show_reports_sources(tmp_path: Path, cli_env: dict[str, str]
     assert out["values"]["synthetic.power_w"]["value"] == 250.0
     assert out["values"]["store.url"]["source"] == "$INFERMETER_DB"
     assert out["values"]["agent.flush_s"]["source"] == "default"
+
+
+def test_example_config_is_valid_and_shows_the_defaults() -> None:
+    path = Path(__file__).resolve().parent.parent / "contrib" / "config.example.toml"
+    cfg = load_config(CORE_OPTIONS, str(path), environ={})
+    defaults = build_config(CORE_OPTIONS, environ={})
+    assert cfg.values == defaults.values
+    assert set(cfg.values) == {o.name for o in CORE_OPTIONS}, "every core key is in the example"
+    assert all(src.startswith("file ") for src in cfg.sources.values())

@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from infermeter.records import Device, Share, Target, TargetKey
 from infermeter.store.models import (
     AgentState,
+    Base,
     DeviceRow,
     Host,
     ModelRow,
@@ -38,11 +39,12 @@ class FlushBatch:
     devices: Sequence[Device]
     targets: Sequence[Target]
     now: float
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # Learned (idle W, keep-warm W) per device uid; None where not learned yet.
+    baselines: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 def insert_ignoring_duplicates(
-    conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
+    conn: Connection, table: type[Base], rows: Sequence[dict[str, Any]]
 ) -> None:
     """INSERT rows, skipping any whose natural key is already stored."""
     if not rows:
@@ -80,7 +82,7 @@ class Store:
     def host_id(self, conn: Connection, now: float) -> int:
         if self._host_id is None:
             insert_ignoring_duplicates(
-                conn, Host.__table__, [{"name": self.host, "first_seen": now, "last_seen": now}]
+                conn, Host, [{"name": self.host, "first_seen": now, "last_seen": now}]
             )
             self._host_id = conn.execute(select(Host.id).where(Host.name == self.host)).scalar_one()
         return self._host_id
@@ -104,7 +106,7 @@ class Store:
             "first_seen": now,
             "last_seen": now,
         }
-        insert_ignoring_duplicates(conn, DeviceRow.__table__, [row])
+        insert_ignoring_duplicates(conn, DeviceRow, [row])
         device_id = conn.execute(
             select(DeviceRow.id).where(DeviceRow.host_id == host_id, DeviceRow.uid == device.uid)
         ).scalar_one()
@@ -127,7 +129,7 @@ class Store:
             "first_seen": now,
             "last_seen": now,
         }
-        insert_ignoring_duplicates(conn, TargetRow.__table__, [row])
+        insert_ignoring_duplicates(conn, TargetRow, [row])
         target_id = conn.execute(
             select(TargetRow.id).where(
                 TargetRow.host_id == host_id,
@@ -146,7 +148,7 @@ class Store:
             return cached
         insert_ignoring_duplicates(
             conn,
-            ModelRow.__table__,
+            ModelRow,
             [{"name": name, "framework": framework, "first_seen": now}],
         )
         model_id = conn.execute(select(ModelRow.id).where(ModelRow.name == name)).scalar_one()
@@ -199,7 +201,7 @@ class Store:
                     "energy_j": s.energy_j,
                 }
             )
-        insert_ignoring_duplicates(conn, UsageShare.__table__, rows)
+        insert_ignoring_duplicates(conn, UsageShare, rows)
         conn.execute(update(Host).where(Host.id == host_id).values(last_seen=now))
         if self._device_ids:
             conn.execute(
@@ -207,10 +209,30 @@ class Store:
                 .where(DeviceRow.id.in_([self._device_ids[u] for u in devices]))
                 .values(last_seen=now)
             )
+        for uid, (idle_w, keepwarm_w) in batch.baselines.items():
+            learned = {
+                k: v
+                for k, v in (("idle_power_w", idle_w), ("keepwarm_power_w", keepwarm_w))
+                if v is not None
+            }
+            if learned and uid in self._device_ids:
+                conn.execute(
+                    update(DeviceRow).where(DeviceRow.id == self._device_ids[uid]).values(**learned)
+                )
         seen = [self._target_ids[k] for k in targets]
         if seen:
             conn.execute(update(TargetRow).where(TargetRow.id.in_(seen)).values(last_seen=now))
         return len(rows)
+
+    def learned_baselines(self) -> dict[str, tuple[float | None, float | None]]:
+        """Idle and keep-warm power per device of this host, as last stored."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(DeviceRow.uid, DeviceRow.idle_power_w, DeviceRow.keepwarm_power_w)
+                .join(Host, Host.id == DeviceRow.host_id)
+                .where(Host.name == self.host)
+            ).all()
+        return {r.uid: (r.idle_power_w, r.keepwarm_power_w) for r in rows}
 
     # ----- rollups and retention -------------------------------------------
 

@@ -1,0 +1,77 @@
+"""``infermeter record`` and ``infermeter replay``: traces in, traces out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from infermeter.cli import App, cli, pass_app
+from infermeter.daemon import open_store
+from infermeter.record import record as record_trace
+from infermeter.replay import replay as replay_trace
+from infermeter.replay import trace_host
+from infermeter.store.writer import Store
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="New folder to write the trace into.",
+)
+@click.option("--seconds", type=float, default=30.0, show_default=True, help="How long to record.")
+@pass_app
+def record(app: App, out_dir: Path, seconds: float) -> None:
+    """Record what the meters and discovery see, in the fixtures' format."""
+    app.setup_logging()
+    result = record_trace(out_dir, seconds, app.config, app.pm)
+    click.echo(
+        f"recorded {result.seconds:.1f} s into {result.out_dir}: "
+        f"recorders {', '.join(result.recorders) or 'none'}, {result.targets} targets, "
+        f"files {', '.join(result.files)}"
+    )
+
+
+@cli.command()
+@click.argument("trace_dir", type=click.Path(path_type=Path))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@pass_app
+def replay(app: App, trace_dir: Path, no_progress: bool) -> None:
+    """Run the whole agent over a recorded trace into the store."""
+    app.setup_logging()
+    if not trace_dir.is_dir():
+        raise click.BadParameter(f"{trace_dir} is not a folder", param_hint="TRACE_DIR")
+    store, lock = open_store(app.config, lock=True)
+    store = Store(store.engine, trace_host(trace_dir))
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn("replaying {task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=no_progress or not console.is_terminal,
+        ) as bar:
+            task = bar.add_task(trace_dir.name, total=1.0)
+            result = replay_trace(
+                trace_dir,
+                app.config,
+                app.pm,
+                store,
+                progress=lambda f: bar.update(task, completed=f),
+            )
+    finally:
+        store.close()
+        if lock is not None:
+            lock.release()
+    click.echo(
+        f"replayed {result.t_end - result.t_start:.1f} s of {trace_dir} as host {result.host}: "
+        f"{result.ticks} ticks, {result.shares_written} shares, meters {', '.join(result.meters)}, "
+        f"{len(result.targets)} targets"
+    )

@@ -1,0 +1,146 @@
+"""Running the whole agent over a recorded trace, on the trace's own clock.
+
+The plugins hand over meters that answer from the recording through the same
+code that reads the hardware, and the processes the trace saw. The agent then
+ticks and flushes exactly as it does live, only without waiting between
+ticks. ``processes.jsonl``, written by ``infermeter record``, is the core's own
+record of what discovery saw; plugins add what their own files name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from infermeter.config import Config
+from infermeter.errors import InfermeterError
+from infermeter.loop import Agent
+from infermeter.plugin_manager import PluginManager
+from infermeter.records import Framework, Target
+from infermeter.store.writer import Store
+
+log = logging.getLogger(__name__)
+
+PROCESSES_FILE = "processes.jsonl"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    host: str
+    t_start: float
+    t_end: float
+    ticks: int
+    shares_written: int
+    meters: tuple[str, ...]
+    targets: tuple[Target, ...]
+
+
+def trace_host(trace_dir: Path) -> str:
+    """The host a trace was recorded on: meta.json's, else the folder's name."""
+    meta = trace_dir / META_FILE
+    if meta.is_file():
+        try:
+            host = json.loads(meta.read_text()).get("host")
+        except (ValueError, AttributeError):
+            host = None
+        if isinstance(host, str) and host:
+            return host
+    return trace_dir.resolve().name
+
+
+def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
+    path = trace_dir / PROCESSES_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        out.append(
+            Target(
+                host=host,
+                pid=int(rec["pid"]),
+                start_time=float(rec["start_time"]),
+                framework=Framework(rec.get("framework", "unknown")),
+                cmdline=tuple(rec.get("cmdline", ())),
+                labels=dict(rec.get("labels", {})),
+                how_found=str(rec.get("how_found", "runtime")),
+            )
+        )
+    return out
+
+
+def replay_targets(trace_dir: Path, config: Config, pm: PluginManager, host: str) -> list[Target]:
+    by_pid: dict[int, Target] = {}
+    plugin_targets = pm.collect("infermeter_replay_targets", trace_dir=trace_dir, config=config)
+    for target in [*recorded_targets(trace_dir, host), *plugin_targets]:
+        if target.pid not in by_pid:
+            by_pid[target.pid] = replace(target, host=host)
+        else:  # a later source may know labels the first did not
+            first = by_pid[target.pid]
+            labels = {**target.labels, **first.labels}
+            framework = first.framework
+            if framework is Framework.UNKNOWN:
+                framework = target.framework
+            by_pid[target.pid] = replace(first, labels=labels, framework=framework)
+    return list(by_pid.values())
+
+
+def targets_at(targets: Sequence[Target]) -> Callable[[float], Mapping[int, Target]]:
+    """A target exists from its start time on (for a trace: when first seen)."""
+    ordered = sorted(targets, key=lambda t: t.start_time)
+
+    def current(now: float) -> Mapping[int, Target]:
+        return {t.pid: t for t in ordered if t.start_time <= now}
+
+    return current
+
+
+def replay(
+    trace_dir: Path,
+    config: Config,
+    pm: PluginManager,
+    store: Store | None,
+    progress: Callable[[float], None] | None = None,
+) -> ReplayResult:
+    if not trace_dir.is_dir():
+        raise InfermeterError(f"trace folder {trace_dir} does not exist")
+    meters = pm.collect("infermeter_replay_meters", trace_dir=trace_dir, config=config)
+    windows = pm.collect("infermeter_replay_window", trace_dir=trace_dir)
+    if not meters or not windows:
+        raise InfermeterError(f"{trace_dir}: no plugin recognises any file in it")
+    t_start = min(float(w[0]) for w in windows)
+    t_end = max(float(w[1]) for w in windows)
+    host = store.host if store is not None else trace_host(trace_dir)
+    targets = replay_targets(trace_dir, config, pm, host)
+    agent = Agent(config, pm, store, meters=meters, targets=targets_at(targets))
+    agent.start()
+    tick_s = float(config["agent.tick_s"])
+    flush_every = max(1, round(float(config["agent.flush_s"]) / tick_s))
+    written = 0
+    now = t_start
+    agent.tick(now)  # sets every meter's baseline
+    while now < t_end:
+        now = min(now + tick_s, t_end)
+        agent.tick(now)
+        if agent.ticks % flush_every == 0:
+            written += agent.flush(now)
+        if progress is not None:
+            progress((now - t_start) / max(t_end - t_start, 1e-9))
+    written += agent.flush(now)
+    agent.rollup(now)
+    agent.close()
+    return ReplayResult(
+        host=host,
+        t_start=t_start,
+        t_end=t_end,
+        ticks=agent.ticks,
+        shares_written=written,
+        meters=tuple(m.name for m in meters),
+        targets=tuple(targets),
+    )
