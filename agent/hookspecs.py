@@ -10,7 +10,7 @@ wins", every implementation is called and the results are collected in a list
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -78,6 +78,27 @@ class Recorder(Protocol):
     def sample(self, now: float) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SpanEmitter(Protocol):
+    """What ``infermeter_instrument`` receives: the in-process end of the pipe.
+
+    ``emit(span)`` queues a finished Span; ``emit_pending(span, finished)``
+    queues one whose end is not known yet (asynchronous accelerator work):
+    a background thread calls ``finished()`` until it returns the end time
+    (UTC seconds) instead of None, so the application never waits. Neither
+    blocks nor raises; the request context of the calling thread (set by
+    ``infermeter.request``) is applied to the span at the call.
+    """
+
+    def emit(self, span: Span) -> None: ...
+
+    def emit_pending(self, span: Span, finished: Callable[[], float | None]) -> None: ...
+
+    def wall_time(self) -> float:
+        """Now, as UTC seconds derived from a monotonic clock."""
+        ...
 
 
 class ProcessInfo(Protocol):
@@ -213,10 +234,13 @@ def infermeter_export(batch: Sequence[Share], config: Config) -> None:
 
 
 @hookspec
-def infermeter_instrument(emit: Any) -> None:
+def infermeter_instrument(emitter: SpanEmitter) -> bool | None:
     """Patch a runtime inside the inference process, if it is importable.
 
-    Called by ``infermeter.instrument()`` in the application's process, not in
-    the agent. ``emit(span)`` queues one Span without blocking; an
-    implementation must never raise into the application.
+    Called once by ``infermeter.instrument()`` in the application's process,
+    not in the agent. Patch only what is already importable (never import a
+    heavy runtime that the application does not use) and return True when
+    something was patched. The patched call must cost little (timestamps and
+    ``emitter.emit``), must never raise into the application, and must leave
+    the runtime's behaviour and results unchanged.
     """

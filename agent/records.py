@@ -118,7 +118,13 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """One model call or one request inside a target."""
+    """One model call or one request inside a target.
+
+    ``t0``/``t1`` are wall-clock UTC seconds derived from a monotonic clock in
+    the inference process; for work on an accelerator ``t1`` is when the
+    device finished, not when the launch returned. The model metadata fields
+    are what the instrumentation could see (None when it could not).
+    """
 
     pid: int
     model: str
@@ -130,6 +136,10 @@ class Span:
     request_id: str | None = None
     tenant: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+    framework: str | None = None  # torch | onnxruntime | litert
+    device: str | None = None  # "cpu", "cuda:0", ...
+    dtype: str | None = None  # "float32", "bfloat16", ...
+    parameters: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
