@@ -67,6 +67,13 @@ CORE_OPTIONS: tuple[Option, ...] = (
         "Shares held in memory while the store is away; "
         "beyond it the oldest are dropped and counted.",
     ),
+    Option(
+        "agent",
+        "span_lag_s",
+        2.0,
+        "Seconds a flush leaves unattributed so that the "
+        "spans ending in them can arrive from the inference processes.",
+    ),
     Option("agent", "log_level", "info", "debug | info | warning | error."),
     Option(
         "store",

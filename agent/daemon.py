@@ -107,7 +107,7 @@ def run_daemon(config: Config, pm: PluginManager, stop: threading.Event | None =
             pass
         log.info("stopping: finishing running jobs")
         scheduler.shutdown(wait=True)
-        written = agent.flush()
+        written = agent.flush(final=True)
         log.info("final flush wrote %d shares; store closed", written)
     finally:
         if scheduler.running:

@@ -19,9 +19,10 @@ from infermeter.attribution import attribute_reading, merge_shares
 from infermeter.baseline import BaselineLearner
 from infermeter.config import Config
 from infermeter.discovery import Discovery, ProcessInfo
-from infermeter.hookspecs import Meter
+from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
-from infermeter.records import Device, Reading, Share, Target, TargetKey
+from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
+from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Agent:
         store: Store | None,
         meters: Sequence[Meter] | None = None,
         targets: TargetSource | None = None,
+        span_sources: Sequence[SpanSource] | None = None,
     ) -> None:
         self.config = config
         self.pm = pm
@@ -48,8 +50,13 @@ class Agent:
         self.discovery = Discovery(config.host, self._decide)
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
+        self.span_sources: list[SpanSource] = list(span_sources or [])
+        self._sources_given = span_sources is not None
+        self.ledger = SpanLedger()
+        self._span_lag_s = float(config["agent.span_lag_s"])
         self._lock = threading.Lock()
         self._pending: deque[Share] = deque()
+        self._unwritten: deque[FlushBatch] = deque()
         self._max_pending = int(config["agent.buffer_max_shares"])
         self.dropped_shares = 0
         self.devices: dict[str, Device] = {}
@@ -63,6 +70,8 @@ class Agent:
     def start(self) -> None:
         if not self._meters_given:
             self.meters = self.pm.collect("infermeter_meters", config=self.config)
+        if not self._sources_given:
+            self.span_sources = self.pm.collect("infermeter_span_sources", config=self.config)
         if self.store is not None:
             for uid, (idle_w, keepwarm_w) in self.store.learned_baselines().items():
                 self.learner.seed(uid, idle_w, keepwarm_w)
@@ -70,11 +79,11 @@ class Agent:
         log.info("meters: %s", names)
 
     def close(self) -> None:
-        for meter in self.meters:
+        for part in [*self.meters, *self.span_sources]:
             try:
-                meter.close()
+                part.close()
             except Exception:
-                log.exception("meter %s failed to close", meter.name)
+                log.exception("%s failed to close", part.name)
 
     # ----- steps -------------------------------------------------------------
 
@@ -87,6 +96,7 @@ class Agent:
     def tick(self, now: float | None = None) -> list[Share]:
         """Discover, read every meter, attribute; keep the shares for the flush."""
         now = time.time() if now is None else now
+        self._receive_spans()
         targets = dict(self._targets(now))
         readings: list[Reading] = []
         for meter in self.meters:
@@ -110,13 +120,41 @@ class Agent:
         self.ticks += 1
         return shares
 
-    def take_batch(self, now: float) -> FlushBatch:
-        """Everything attributed since the last flush, merged per device window."""
+    def _receive_spans(self) -> None:
+        """Drain the span sources; a process that sends spans announces itself."""
+        for source in self.span_sources:
+            try:
+                spans = source.drain()
+            except Exception:
+                log.exception("span source %s failed", source.name)
+                continue
+            with self._lock:
+                self.ledger.add(spans)
+            for pid in {s.pid for s in spans}:
+                if pid not in self.discovery.targets:
+                    self.discovery.announce(pid, {})
+
+    def add_spans(self, spans: Iterable[Span]) -> None:
+        """Spans handed over directly (replay, tests) rather than by a source."""
         with self._lock:
-            pending = list(self._pending)
-            self._pending.clear()
+            self.ledger.add(spans)
+
+    def take_batch(self, now: float, final: bool = False) -> FlushBatch:
+        """What can be attributed for good now, merged per device window.
+
+        Intervals younger than the span lag wait for the next flush, so the
+        spans that end in them have time to arrive; the final flush takes all.
+        """
+        cutoff = now if final else now - self._span_lag_s
+        with self._lock:
+            ready = [s for s in self._pending if s.t1 <= cutoff]
+            held = [s for s in self._pending if s.t1 > cutoff]
+            self._pending = deque(held)
             targets = self._seen_targets
-            self._seen_targets = {}
+            still_held = {s.target for s in held}
+            self._seen_targets = {k: t for k, t in targets.items() if k in still_held}
+            pending = self.ledger.split(ready, targets)
+            calls = self.ledger.complete(cutoff, {t.pid: t for t in targets.values()})
         by_device: dict[str, list[Share]] = {}
         for s in pending:
             by_device.setdefault(s.device_uid, []).append(s)
@@ -126,42 +164,49 @@ class Agent:
             t1 = max(s.t1 for s in group)
             merged.extend(merge_shares(group, t0, t1))
         named = {s.target for s in merged if s.target is not None}
+        named.update(c.target for c in calls)
         return FlushBatch(
             shares=merged,
             devices=[self.devices[uid] for uid in by_device],
             targets=[t for k, t in targets.items() if k in named],
             now=now,
             baselines={uid: self.learner.learned(uid) for uid in by_device},
+            calls=calls,
         )
 
-    def flush(self, now: float | None = None) -> int:
+    def flush(self, now: float | None = None, final: bool = False) -> int:
         """Write what was attributed since the last flush, in one transaction.
 
-        When the store is away the batch goes back to the buffer (bounded) and
-        is written by a later flush; a retried batch never counts twice.
+        When the store is away the batch is kept (bounded, oldest dropped and
+        counted) and written again before the next one; a batch written twice
+        never counts twice, as every row has a natural key.
         """
         now = time.time() if now is None else now
-        batch = self.take_batch(now)
-        if not batch.shares or self.store is None:
+        batch = self.take_batch(now, final)
+        if self.store is None:
             return 0
-        try:
-            written = self.store.write_flush(batch)
-        except Exception as e:
-            log.warning(
-                "flush failed, keeping %d shares for the next one: %s", len(batch.shares), e
-            )
-            self._restore(batch)
-            return 0
-        self.flushes += 1
-        self.pm.collect("infermeter_export", batch=batch.shares, config=self.config)
+        if batch.shares or batch.calls:
+            self._unwritten.append(batch)
+        written = 0
+        while self._unwritten:
+            head = self._unwritten[0]
+            try:
+                written += self.store.write_flush(head)
+            except Exception as e:
+                log.warning(
+                    "flush failed, keeping %d batches for the next: %s", len(self._unwritten), e
+                )
+                self._bound_unwritten()
+                return written
+            self._unwritten.popleft()
+            self.flushes += 1
+            self.pm.collect("infermeter_export", batch=head.shares, config=self.config)
         return written
 
-    def _restore(self, batch: FlushBatch) -> None:
-        with self._lock:
-            self._pending.extendleft(reversed(batch.shares))
-            for target in batch.targets:
-                self._seen_targets.setdefault(target.key, target)
-            self._bound_pending()
+    def _bound_unwritten(self) -> None:
+        while sum(len(b.shares) for b in self._unwritten) > self._max_pending:
+            lost = self._unwritten.popleft()
+            self.dropped_shares += len(lost.shares)
 
     def _bound_pending(self) -> None:
         while len(self._pending) > self._max_pending:

@@ -19,7 +19,7 @@ from infermeter.config import Config
 from infermeter.errors import InfermeterError
 from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager
-from infermeter.records import Framework, Target
+from infermeter.records import Framework, Span, Target
 from infermeter.store.writer import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class ReplayResult:
     t_end: float
     ticks: int
     shares_written: int
+    spans: int
     meters: tuple[str, ...]
     targets: tuple[Target, ...]
 
@@ -73,6 +74,36 @@ def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
             )
         )
     return out
+
+
+def recorded_spans(trace_dir: Path) -> list[Span]:
+    """Every request of ``spans_*.jsonl``: a header line, then [i, due, start, end, items]."""
+    spans: list[Span] = []
+    for path in sorted(trace_dir.glob("spans_*.jsonl")):
+        lines = path.read_text().splitlines()
+        if not lines:
+            continue
+        header = json.loads(lines[0])
+        pid, model = int(header["pid"]), str(header["model"])
+        framework = header.get("runtime")
+        dtype = header.get("dtype")
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            _index, _due, start, end, items = json.loads(line)
+            spans.append(
+                Span(
+                    pid=pid,
+                    model=model,
+                    t0=float(start),
+                    t1=float(end),
+                    items=int(items),
+                    framework=framework,
+                    dtype=dtype,
+                )
+            )
+    spans.sort(key=lambda s: s.t1)
+    return spans
 
 
 def replay_targets(trace_dir: Path, config: Config, pm: PluginManager, host: str) -> list[Target]:
@@ -120,6 +151,18 @@ def replay(
     targets = replay_targets(trace_dir, config, pm, host)
     agent = Agent(config, pm, store, meters=meters, targets=targets_at(targets))
     agent.start()
+    spans = recorded_spans(trace_dir)
+    next_span = 0
+
+    def deliver_spans(now: float) -> None:
+        # Spans reach the agent once they have ended, as they would live.
+        nonlocal next_span
+        start = next_span
+        while next_span < len(spans) and spans[next_span].t1 <= now:
+            next_span += 1
+        if next_span > start:
+            agent.add_spans(spans[start:next_span])
+
     tick_s = float(config["agent.tick_s"])
     flush_every = max(1, round(float(config["agent.flush_s"]) / tick_s))
     written = 0
@@ -127,12 +170,13 @@ def replay(
     agent.tick(now)  # sets every meter's baseline
     while now < t_end:
         now = min(now + tick_s, t_end)
+        deliver_spans(now)
         agent.tick(now)
         if agent.ticks % flush_every == 0:
-            written += agent.flush(now)
+            written += agent.flush(now, final=True)
         if progress is not None:
             progress((now - t_start) / max(t_end - t_start, 1e-9))
-    written += agent.flush(now)
+    written += agent.flush(now, final=True)
     agent.rollup(now)
     agent.close()
     return ReplayResult(
@@ -141,6 +185,7 @@ def replay(
         t_end=t_end,
         ticks=agent.ticks,
         shares_written=written,
+        spans=len(spans),
         meters=tuple(m.name for m in meters),
         targets=tuple(targets),
     )

@@ -184,20 +184,25 @@ Index(
 
 
 class RequestRow(Base):
-    """One request (or model call) with the energy attributed to it."""
+    """One model call with the energy attributed to it.
+
+    Calls made inside one ``infermeter.request(...)`` share its request_id, so
+    the cost of a request is the sum of its calls. Natural key: (target,
+    model, t0), one call's identity.
+    """
 
     __tablename__ = "requests"
     __table_args__ = (
-        UniqueConstraint("target_id", "request_key"),
+        UniqueConstraint("target_id", "model_id", "t0"),
         Index("ix_requests_model_id_t0", "model_id", "t0"),
         Index("ix_requests_tenant_t0", "tenant", "t0"),
         Index("ix_requests_t0", "t0"),
+        Index("ix_requests_request_id", "request_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
-    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
-    # The SDK's request id, or one derived from the span's start when there is none.
-    request_key: Mapped[str] = mapped_column(String(255))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    request_id: Mapped[str | None] = mapped_column(String(255))
     t0: Mapped[float] = mapped_column(Float)
     t1: Mapped[float] = mapped_column(Float)
     items: Mapped[int] = mapped_column(Integer, default=1)
@@ -206,6 +211,9 @@ class RequestRow(Base):
     tenant: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     energy_j: Mapped[float] = mapped_column(Float)
+    # The weakest provenance among the devices that contributed (estimated <
+    # integrated < measured): a call on a measured GPU with estimated CPU
+    # time is an estimate in part.
     method: Mapped[str] = mapped_column(String(16))
     energy_cost: Mapped[float | None] = mapped_column(Float)
     capacity_cost: Mapped[float | None] = mapped_column(Float)

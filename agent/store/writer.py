@@ -19,12 +19,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from infermeter.records import Device, Share, Target, TargetKey
+from infermeter.span_ledger import CallEnergy
 from infermeter.store.models import (
     AgentState,
     Base,
     DeviceRow,
     Host,
     ModelRow,
+    RequestRow,
     TargetRow,
     UsageHourly,
     UsageShare,
@@ -41,6 +43,7 @@ class FlushBatch:
     now: float
     # Learned (idle W, keep-warm W) per device uid; None where not learned yet.
     baselines: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    calls: Sequence[CallEnergy] = ()
 
 
 def insert_ignoring_duplicates(
@@ -202,6 +205,7 @@ class Store:
                 }
             )
         insert_ignoring_duplicates(conn, UsageShare, rows)
+        insert_ignoring_duplicates(conn, RequestRow, self._call_rows(conn, batch, targets))
         conn.execute(update(Host).where(Host.id == host_id).values(last_seen=now))
         if self._device_ids:
             conn.execute(
@@ -223,6 +227,33 @@ class Store:
         if seen:
             conn.execute(update(TargetRow).where(TargetRow.id.in_(seen)).values(last_seen=now))
         return len(rows)
+
+    def _call_rows(
+        self, conn: Connection, batch: FlushBatch, targets: Mapping[TargetKey, Target]
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for c in batch.calls:
+            span = c.span
+            framework = span.framework or (
+                str(targets[c.target].framework) if c.target in targets else None
+            )
+            rows.append(
+                {
+                    "target_id": self._target_ids[c.target],
+                    "model_id": self.model_id(conn, span.model, batch.now, framework),
+                    "request_id": span.request_id,
+                    "t0": span.t0,
+                    "t1": span.t1,
+                    "items": span.items,
+                    "tokens_in": span.tokens_in,
+                    "tokens_out": span.tokens_out,
+                    "tenant": span.tenant,
+                    "tags": dict(span.tags),
+                    "energy_j": c.energy_j,
+                    "method": str(c.method),
+                }
+            )
+        return rows
 
     def learned_baselines(self) -> dict[str, tuple[float | None, float | None]]:
         """Idle and keep-warm power per device of this host, as last stored."""

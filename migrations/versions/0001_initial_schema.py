@@ -131,8 +131,8 @@ def upgrade() -> None:
         "requests",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("target_id", sa.Integer(), nullable=False),
-        sa.Column("model_id", sa.Integer(), nullable=True),
-        sa.Column("request_key", sa.String(length=255), nullable=False),
+        sa.Column("model_id", sa.Integer(), nullable=False),
+        sa.Column("request_id", sa.String(length=255), nullable=True),
         sa.Column("t0", sa.Float(), nullable=False),
         sa.Column("t1", sa.Float(), nullable=False),
         sa.Column("items", sa.Integer(), nullable=False),
@@ -150,7 +150,7 @@ def upgrade() -> None:
             ["model_id"],
             ["models.id"],
             name=op.f("fk_requests_model_id_models"),
-            ondelete="SET NULL",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["price_card_id"],
@@ -165,11 +165,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_requests")),
         sa.UniqueConstraint(
-            "target_id", "request_key", name=op.f("uq_requests_target_id_request_key")
+            "target_id", "model_id", "t0", name=op.f("uq_requests_target_id_model_id_t0")
         ),
     )
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.create_index("ix_requests_model_id_t0", ["model_id", "t0"], unique=False)
+        batch_op.create_index("ix_requests_request_id", ["request_id"], unique=False)
         batch_op.create_index("ix_requests_t0", ["t0"], unique=False)
         batch_op.create_index("ix_requests_tenant_t0", ["tenant", "t0"], unique=False)
 
@@ -324,6 +325,7 @@ def downgrade() -> None:
 
     op.drop_table("usage_hourly")
     with op.batch_alter_table("requests", schema=None) as batch_op:
+        batch_op.drop_index("ix_requests_request_id")
         batch_op.drop_index("ix_requests_tenant_t0")
         batch_op.drop_index("ix_requests_t0")
         batch_op.drop_index("ix_requests_model_id_t0")
