@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from infermeter.discovery import Discovery, ProcessInfo, process_info
+from infermeter.records import Target
+
+MARK = "infermeter-discovery-test-marker"
+
+
+def decide_marked(p: ProcessInfo) -> Target | None:
+    if any(MARK in part for part in p.cmdline):
+        return Target(host="ignored", pid=p.pid, start_time=p.start_time, cmdline=p.cmdline)
+    return None
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", MARK])
+
+
+def test_finds_a_real_process_and_forgets_it_when_it_exits() -> None:
+    calls: list[int] = []
+
+    def decide(p: ProcessInfo) -> Target | None:
+        calls.append(p.pid)
+        return decide_marked(p)
+
+    d = Discovery("host-a", decide)
+    proc = sleeper()
+    try:
+        found = d.scan()
+        assert proc.pid in found
+        t = found[proc.pid]
+        assert t.host == "host-a", "the agent's host name wins over the plugin's"
+        assert MARK in t.cmdline
+        info = process_info(proc.pid)
+        assert info is not None and t.start_time == info.start_time
+        before = len(calls)
+        d.scan()
+        assert len(calls) == before, "a known process is not examined again"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.pid not in d.scan()
+
+
+def test_a_reused_pid_is_a_new_target() -> None:
+    """pid reuse cannot be forced on a real kernel: the start time source is injected."""
+    starts = {4242: 100.0}
+    d = Discovery(
+        "h",
+        lambda p: Target(host="h", pid=p.pid, start_time=p.start_time),
+        list_pids=lambda: [4242],
+        inspect=lambda pid: ProcessInfo(pid, starts[pid], "x", (), None),
+        start_time=lambda pid: starts.get(pid),
+        recheck_every=1,
+    )
+    assert d.scan()[4242].start_time == 100.0
+    starts[4242] = 200.0
+    assert d.scan()[4242].start_time == 200.0
+
+
+def test_announced_process_becomes_a_target_with_its_labels() -> None:
+    d = Discovery("h", lambda p: None)
+    proc = sleeper()
+    try:
+        assert proc.pid not in d.scan()
+        d.announce(proc.pid, {"tenant": "acme"})
+        t = d.scan()[proc.pid]
+        assert t.how_found == "sdk" and t.labels == {"tenant": "acme"}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_plugin_errors_do_not_stop_discovery() -> None:
+    def broken(p: ProcessInfo) -> Target | None:
+        raise RuntimeError("boom")
+
+    d = Discovery("h", broken)
+    start = time.monotonic()
+    assert d.scan() == {}
+    assert time.monotonic() - start < 5
