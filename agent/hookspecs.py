@@ -30,8 +30,10 @@ class Meter(Protocol):
 
     ``read(now, targets)`` is called once per tick from the scheduler's thread
     with the targets known at that tick (by pid) and returns the readings for
-    the interval since its previous call (none on the first call, which only
-    sets the baseline). Per-pid weights may name pids that are not targets:
+    intervals not returned yet (none on the first call, which only sets the
+    baseline). A meter may hold an interval back until its counter is next
+    read (an expensive counter is read at most once a second) and return
+    several intervals at once; each covers [t0, t1) without gaps or overlaps. Per-pid weights may name pids that are not targets:
     their share goes to ``other``. It must not raise for a device that went
     away: it returns a degraded reading (``note`` says why) or none, and logs.
     ``close()`` is called once at shutdown.
