@@ -13,54 +13,21 @@ the kernel to wrap its whole pid space).
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import psutil
-
+from infermeter.processes import ProcessInfo, process_info
+from infermeter.processes import start_time as read_start_time
 from infermeter.records import Target
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    """The cheap facts about a process that discovery plugins decide on."""
-
-    pid: int
-    start_time: float
-    name: str
-    cmdline: tuple[str, ...]
-    username: str | None
-
-
-def process_info(pid: int) -> ProcessInfo | None:
-    """Read one process's facts, or None when it vanished or may not be read."""
-    try:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            start = p.create_time()
-            name = p.name()
-            try:
-                cmdline = tuple(p.cmdline())
-            except psutil.AccessDenied:
-                cmdline = ()
-            try:
-                user: str | None = p.username()
-            except (psutil.AccessDenied, KeyError):
-                user = None
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return None
-    return ProcessInfo(pid, start, name, cmdline, user)
-
-
-def start_time_of(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
+def list_pids() -> list[int]:
+    """Every pid on the host: one directory listing (~70 µs for a hundred)."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
 
 Decide = Callable[[ProcessInfo], Target | None]
@@ -73,10 +40,12 @@ class Discovery:
         self,
         host: str,
         decide: Decide,
-        list_pids: Callable[[], list[int]] = psutil.pids,
+        list_pids: Callable[[], list[int]] = list_pids,
         inspect: Callable[[int], ProcessInfo | None] = process_info,
-        start_time: Callable[[int], float | None] = start_time_of,
+        start_time: Callable[[int], float | None] = read_start_time,
         recheck_every: int = 10,
+        young_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self._decide = decide
@@ -87,6 +56,9 @@ class Discovery:
         self._announced: dict[int, Mapping[str, str]] = {}
         self._recheck_every = max(1, recheck_every)
         self._scans = 0
+        self._young_s = young_s
+        self._clock = clock
+        self._young: dict[int, float] = {}  # pid -> start time, not a target yet
 
     @property
     def targets(self) -> dict[int, Target]:
@@ -106,6 +78,15 @@ class Discovery:
         for gone in [pid for pid in self._seen if pid not in pids]:
             del self._seen[gone]
             self._announced.pop(gone, None)
+            self._young.pop(gone, None)
+        # A Python server maps its runtime seconds after it starts: a young
+        # process that was not a target yet is asked again.
+        now = self._clock()
+        for pid, started in list(self._young.items()):
+            if now - started > self._young_s:
+                del self._young[pid]
+            elif self._seen.get(pid) is None:
+                self._seen.pop(pid, None)
         self._scans += 1
         if self._scans % self._recheck_every == 1 or self._recheck_every == 1:
             for pid, target in list(self._seen.items()):
@@ -119,6 +100,10 @@ class Discovery:
         info = self._inspect(pid)
         if info is None:
             return None
+        if self._clock() - info.start_time <= self._young_s:
+            self._young[pid] = info.start_time
+        else:
+            self._young.pop(pid, None)
         try:
             target = self._decide(info)
         except Exception:  # a plugin bug must not stop discovery of others

@@ -33,8 +33,9 @@ class Meter(Protocol):
     intervals not returned yet (none on the first call, which only sets the
     baseline). A meter may hold an interval back until its counter is next
     read (an expensive counter is read at most once a second) and return
-    several intervals at once; each covers [t0, t1) without gaps or overlaps. Per-pid weights may name pids that are not targets:
-    their share goes to ``other``. It must not raise for a device that went
+    several intervals at once; each covers [t0, t1) without gaps or overlaps.
+    Per-pid weights may name pids that are not targets: their share goes to
+    ``other``. It must not raise for a device that went
     away: it returns a degraded reading (``note`` says why) or none, and logs.
     ``close()`` is called once at shutdown.
     """
@@ -68,16 +69,17 @@ class SpanSource(Protocol):
 class Recorder(Protocol):
     """What ``infermeter_recorders`` returns: writes raw samples into a trace.
 
-    ``sample(now)`` is called every ``period_s`` seconds by ``infermeter
-    record`` and appends what the hardware said at ``now`` to the plugin's own
-    files in the trace folder, in the format of the shared fixtures (so the
-    same plugin's replay meters can read it back). ``close()`` flushes them.
+    ``sample(now, targets)`` is called every ``period_s`` seconds by
+    ``infermeter record`` with the targets discovery knows at that moment
+    (by pid), and appends what the hardware said at ``now`` to the plugin's
+    own files in the trace folder, in the format of the shared fixtures (so
+    the same plugin's replay meters can read it back). ``close()`` flushes.
     """
 
     name: str
     period_s: float
 
-    def sample(self, now: float) -> None: ...
+    def sample(self, now: float, targets: Mapping[int, Target]) -> None: ...
 
     def close(self) -> None: ...
 

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from infermeter.attribution import attribute_reading, merge_shares
 from infermeter.baseline import BaselineLearner
 from infermeter.config import Config
-from infermeter.discovery import Discovery, ProcessInfo
+from infermeter.discovery import Discovery
 from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
+from infermeter.processes import ProcessInfo
 from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
 from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store

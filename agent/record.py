@@ -18,10 +18,11 @@ from pathlib import Path
 
 import infermeter
 from infermeter.config import Config
-from infermeter.discovery import Discovery, ProcessInfo
+from infermeter.discovery import Discovery
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import Recorder
 from infermeter.plugin_manager import PluginManager
+from infermeter.processes import ProcessInfo
 from infermeter.records import Target
 from infermeter.replay import META_FILE, PROCESSES_FILE
 
@@ -60,6 +61,7 @@ def record(
 
     discovery = Discovery(config.host, decide)
     seen: dict[tuple[int, float], Target] = {}
+    current: dict[int, Target] = {}
     started = time.time()
     due = {id(r): started for r in recorders}
     next_discovery = started
@@ -70,13 +72,14 @@ def record(
             if now >= deadline:
                 break
             if now >= next_discovery:
-                for target in discovery.scan().values():
+                current = discovery.scan()
+                for target in current.values():
                     seen.setdefault((target.pid, target.start_time), target)
                 next_discovery = now + DISCOVERY_PERIOD_S
             for r in recorders:
                 if now >= due[id(r)]:
                     try:
-                        r.sample(now)
+                        r.sample(now, current)
                     except Exception:
                         log.exception("recorder %s failed", r.name)
                     due[id(r)] = now + r.period_s

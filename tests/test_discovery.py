@@ -27,7 +27,7 @@ def test_finds_a_real_process_and_forgets_it_when_it_exits() -> None:
         calls.append(p.pid)
         return decide_marked(p)
 
-    d = Discovery("host-a", decide)
+    d = Discovery("host-a", decide, young_s=0.0)
     proc = sleeper()
     try:
         found = d.scan()
@@ -44,6 +44,38 @@ def test_finds_a_real_process_and_forgets_it_when_it_exits() -> None:
         proc.kill()
         proc.wait()
     assert proc.pid not in d.scan()
+
+
+def test_a_young_process_is_asked_again_until_it_is_old() -> None:
+    """A server maps its runtime seconds after it starts; the first answer may be no."""
+    ready = False
+    asked: list[int] = []
+
+    def decide(p: ProcessInfo) -> Target | None:
+        asked.append(p.pid)
+        return decide_marked(p) if ready else None
+
+    proc = sleeper()
+    try:
+        d = Discovery("h", decide, young_s=60.0)
+        assert proc.pid not in d.scan()
+        ready = True
+        assert proc.pid in d.scan()
+        assert asked.count(proc.pid) == 2
+        old = Discovery("h", decide, young_s=60.0, clock=lambda: proc_start(proc.pid) + 61)
+        ready = False
+        old.scan()
+        ready = True
+        assert proc.pid not in old.scan(), "an old process is asked once"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def proc_start(pid: int) -> float:
+    info = process_info(pid)
+    assert info is not None
+    return info.start_time
 
 
 def test_a_reused_pid_is_a_new_target() -> None:

@@ -1,0 +1,91 @@
+"""The pure parts of NVML metering: what polls saw, power integrals, weights.
+
+Kept apart from the meter's state and threading so each piece can be read
+(and checked) on its own; see nvml_meter for how they are used.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+FIELD_READERS: dict[int, Callable[[Any], float]] = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: lambda v: float(v.dVal),
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: lambda v: float(v.uiVal),
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: lambda v: float(v.ulVal),
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: lambda v: float(v.ullVal),
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: lambda v: float(v.sllVal),
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: lambda v: float(v.siVal),
+}
+
+
+def why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def integrate(samples: Sequence[tuple[float, float]], t0: float, t1: float) -> float | None:
+    """Joules in [t0, t1) from (t, W) samples: trapezoids, flat beyond the ends.
+
+    None when no sample lies in (t0, t1]: the sample at t0 was the previous
+    interval's last, and a value from outside the interval says nothing of it.
+    """
+    if t1 <= t0 or not any(t0 < t <= t1 for t, _ in samples):
+        return None
+
+    def at(t: float) -> float:
+        prev = None
+        for ts, w in samples:
+            if ts >= t:
+                if prev is None or ts == t:
+                    return w
+                return prev[1] + (w - prev[1]) * (t - prev[0]) / (ts - prev[0])
+            prev = (ts, w)
+        return samples[-1][1]
+
+    points = [(t0, at(t0)), *((t, w) for t, w in samples if t0 < t < t1), (t1, at(t1))]
+    return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in itertools.pairwise(points))
+
+
+def normalised(weights: Mapping[int, float]) -> dict[int, float]:
+    total = sum(w for w in weights.values() if w > 0)
+    return {pid: w / total for pid, w in weights.items() if w > 0} if total > 0 else {}
+
+
+@dataclass(slots=True)
+class Seen:
+    """What one view's polls saw during one interval."""
+
+    sm: dict[int, float] = field(default_factory=dict)  # pid -> sum of smUtil
+    sm_ok: bool = False  # process utilisation answered (samples or NotFound)
+    memory: dict[int, int] = field(default_factory=dict)  # pid -> usedGpuMemory
+    holders: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Piece:
+    """One tick's interval, waiting for its energy."""
+
+    t0: float
+    t1: float
+    seen: list[Seen]
+    busy: float | None
+
+
+def weights_of(seen: Seen, interval_sm: Mapping[int, float]) -> tuple[dict[int, float], str]:
+    """Per-pid weights of one interval and their basis: sm-util, gpu-memory, equal or none.
+
+    ``interval_sm`` is the smUtil of the whole counter interval, for an interval
+    too short to have caught a sample of its own.
+    """
+    if seen.sm_ok:
+        return normalised(seen.sm) or normalised(interval_sm), "sm-util"
+    memory = normalised({pid: float(m) for pid, m in seen.memory.items()})
+    if memory:
+        return memory, "gpu-memory"
+    if seen.holders:
+        return {pid: 1.0 / len(seen.holders) for pid in seen.holders}, "equal"
+    return {}, "none"
