@@ -94,8 +94,8 @@ class PluginManager(pluggy.PluginManager):
             options.extend(batch)
         return options
 
-    def collect(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a list-returning hook and flatten, isolating each plugin's failure."""
+    def collect(self, hook_name: str, flatten: bool = True, **kwargs: Any) -> list[Any]:
+        """Call a hook, isolating each plugin's failure; flatten lists it returns."""
         out: list[Any] = []
         caller = getattr(self.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
@@ -108,7 +108,7 @@ class PluginManager(pluggy.PluginManager):
                 continue
             if result is None:
                 continue
-            if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
+            if flatten and isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
                 out.extend(result)
             else:
                 out.append(result)

@@ -19,7 +19,7 @@ from infermeter.config import Config
 from infermeter.errors import InfermeterError
 from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager
-from infermeter.records import Framework, Span, Target
+from infermeter.records import Framework, Share, Span, Target
 from infermeter.store.writer import Store
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,13 @@ def replay(
     pm: PluginManager,
     store: Store | None,
     progress: Callable[[float], None] | None = None,
+    observe: Callable[[Agent, list[Share]], None] | None = None,
 ) -> ReplayResult:
+    """Replay a trace into ``store``; ``observe`` sees the agent and each tick's shares."""
     if not trace_dir.is_dir():
         raise InfermeterError(f"trace folder {trace_dir} does not exist")
     meters = pm.collect("infermeter_replay_meters", trace_dir=trace_dir, config=config)
-    windows = pm.collect("infermeter_replay_window", trace_dir=trace_dir)
+    windows = pm.collect("infermeter_replay_window", flatten=False, trace_dir=trace_dir)
     if not meters or not windows:
         raise InfermeterError(f"{trace_dir}: no plugin recognises any file in it")
     t_start = min(float(w[0]) for w in windows)
@@ -171,9 +173,11 @@ def replay(
     while now < t_end:
         now = min(now + tick_s, t_end)
         deliver_spans(now)
-        agent.tick(now)
+        shares = agent.tick(now)
+        if observe is not None:
+            observe(agent, shares)
         if agent.ticks % flush_every == 0:
-            written += agent.flush(now, final=True)
+            written += agent.flush(now)
         if progress is not None:
             progress((now - t_start) / max(t_end - t_start, 1e-9))
     written += agent.flush(now, final=True)

@@ -44,6 +44,8 @@ class SpanLedger:
         self._cutoff = float("-inf")
         self.late_spans = 0  # arrived after their intervals were attributed
         self.unattributed_calls = 0  # from a pid that was never a target
+        # Active energy of each target that no call covered, since start.
+        self.overhead_j: dict[TargetKey, float] = {}
 
     def add(self, spans: Iterable[Span]) -> None:
         for span in spans:
@@ -69,6 +71,9 @@ class SpanLedger:
             target = targets.get(share.target)
             result = split_over_spans(share, spans, target.labels if target else None)
             out.extend(result.shares)
+            self.overhead_j[share.target] = (
+                self.overhead_j.get(share.target, 0.0) + result.overhead_j
+            )
             for span, energy in result.call_energy_j:
                 call = self._open[(span.pid, span.model, span.t0)]
                 call.target = share.target
