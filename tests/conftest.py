@@ -77,8 +77,18 @@ def synthetic_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/plugin_pkg installed by pip into a folder, as a user's plugin would be."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "--target", str(target), str(ROOT / "tests" / "plugin_pkg")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "tests" / "plugin_pkg"),
+        ],
         check=True,
         capture_output=True,
     )

@@ -13,14 +13,28 @@ GPU = Device(uid="GPU-0", kind=DeviceKind.GPU, name="NVIDIA H100 80GB HBM3")
 
 
 def target(pid: int, **labels: str) -> Target:
-    return Target(host="h", pid=pid, start_time=float(pid), framework=Framework.TORCH,
-                  labels=labels)
+    return Target(
+        host="h", pid=pid, start_time=float(pid), framework=Framework.TORCH, labels=labels
+    )
 
 
-def reading(energy: float, weights: dict[int, float], holders: set[int], dt: float = 1.0,
-            method: Method = Method.MEASURED) -> Reading:
-    return Reading(device=GPU, t0=100.0, t1=100.0 + dt, energy_j=energy, method=method,
-                   weights=weights, weight_basis="sm-util", holders=frozenset(holders))
+def reading(
+    energy: float,
+    weights: dict[int, float],
+    holders: set[int],
+    dt: float = 1.0,
+    method: Method = Method.MEASURED,
+) -> Reading:
+    return Reading(
+        device=GPU,
+        t0=100.0,
+        t1=100.0 + dt,
+        energy_j=energy,
+        method=method,
+        weights=weights,
+        weight_basis="sm-util",
+        holders=frozenset(holders),
+    )
 
 
 def by_bucket(shares: list) -> dict:
@@ -84,12 +98,19 @@ finite = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity
     weights=st.dictionaries(st.integers(1, 40), finite, max_size=12),
     holders=st.sets(st.integers(1, 40), max_size=12),
     known=st.sets(st.integers(1, 40), max_size=12),
-    idle=st.floats(0, 2000), keepwarm=st.floats(0, 2000),
+    idle=st.floats(0, 2000),
+    keepwarm=st.floats(0, 2000),
     dt=st.floats(min_value=0.001, max_value=100),
 )
-def test_shares_always_conserve_energy(energy: float, weights: dict[int, float],
-                                       holders: set[int], known: set[int], idle: float,
-                                       keepwarm: float, dt: float) -> None:
+def test_shares_always_conserve_energy(
+    energy: float,
+    weights: dict[int, float],
+    holders: set[int],
+    known: set[int],
+    idle: float,
+    keepwarm: float,
+    dt: float,
+) -> None:
     targets = {pid: target(pid) for pid in known}
     r = reading(energy, weights, holders, dt)
     shares = attribute_reading(r, targets, Baseline(idle, keepwarm))
@@ -107,12 +128,21 @@ def test_merge_sums_per_bucket_over_a_flush() -> None:
     targets = {416: target(416)}
     shares = []
     for k in range(10):
-        r = Reading(device=GPU, t0=100.0 + k, t1=101.0 + k, energy_j=200.0,
-                    method=Method.MEASURED, weights={416: 1.0}, weight_basis="sm-util",
-                    holders=frozenset({416}))
+        r = Reading(
+            device=GPU,
+            t0=100.0 + k,
+            t1=101.0 + k,
+            energy_j=200.0,
+            method=Method.MEASURED,
+            weights={416: 1.0},
+            weight_basis="sm-util",
+            holders=frozenset({416}),
+        )
         shares.extend(attribute_reading(r, targets, Baseline(70.0, 48.0)))
     merged = merge_shares(shares, 100.0, 110.0)
     assert {(s.bucket, s.t0, s.t1) for s in merged} == {
-        (Bucket.IDLE, 100.0, 110.0), (Bucket.KEEPWARM, 100.0, 110.0),
-        (Bucket.ACTIVE, 100.0, 110.0)}
+        (Bucket.IDLE, 100.0, 110.0),
+        (Bucket.KEEPWARM, 100.0, 110.0),
+        (Bucket.ACTIVE, 100.0, 110.0),
+    }
     assert sum(s.energy_j for s in merged) == pytest.approx(2000.0)

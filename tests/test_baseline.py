@@ -5,14 +5,26 @@ import pytest
 from infermeter.baseline import MIN_SAMPLES, BaselineLearner
 from infermeter.records import Device, DeviceKind, Method, Reading
 
-GPU = Device(uid="GPU-0", kind=DeviceKind.GPU, name="H100", idle_power_w=60.0,
-             keepwarm_power_w=30.0)
+GPU = Device(
+    uid="GPU-0", kind=DeviceKind.GPU, name="H100", idle_power_w=60.0, keepwarm_power_w=30.0
+)
 
 
-def quiet(power_w: float, holders: frozenset[int] = frozenset(), busy: float = 0.0,
-          method: Method = Method.MEASURED) -> Reading:
-    return Reading(device=GPU, t0=0.0, t1=2.0, energy_j=2 * power_w, method=method,
-                   holders=holders, busy_fraction=busy)
+def quiet(
+    power_w: float,
+    holders: frozenset[int] = frozenset(),
+    busy: float = 0.0,
+    method: Method = Method.MEASURED,
+) -> Reading:
+    return Reading(
+        device=GPU,
+        t0=0.0,
+        t1=2.0,
+        energy_j=2 * power_w,
+        method=method,
+        holders=holders,
+        busy_fraction=busy,
+    )
 
 
 def test_defaults_until_enough_quiet_samples() -> None:
@@ -39,8 +51,11 @@ def test_busy_or_estimated_readings_teach_nothing() -> None:
     for _ in range(3 * MIN_SAMPLES):
         learner.observe(quiet(300.0, busy=0.5))
         learner.observe(quiet(10.0, method=Method.ESTIMATED))
-        learner.observe(Reading(device=GPU, t0=0, t1=1, energy_j=400.0, method=Method.MEASURED,
-                                weights={1: 1.0}))
+        learner.observe(
+            Reading(
+                device=GPU, t0=0, t1=1, energy_j=400.0, method=Method.MEASURED, weights={1: 1.0}
+            )
+        )
     assert learner.baseline(GPU).idle_power_w == 60.0
     assert learner.learned(GPU.uid) == (None, None)
 

@@ -11,8 +11,9 @@ from infermeter.store import migrate
 
 
 def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*infermeter_cmd(), *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [*infermeter_cmd(), *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_upgrade_current_history_downgrade(db_url: str, cli_env: dict[str, str]) -> None:
@@ -24,7 +25,7 @@ def test_upgrade_current_history_downgrade(db_url: str, cli_env: dict[str, str])
     assert r.stdout.strip().endswith(f"empty -> {head}")
     assert im(cli_env, "--db", db_url, "db", "current").stdout.strip() == f"{head} (head)"
     hist = im(cli_env, "--db", db_url, "db", "history").stdout
-    assert f"<base> -> 0001 (head) (current), initial schema" in hist.splitlines()[-1]
+    assert "<base> -> 0001 (head) (current), initial schema" in hist.splitlines()[-1]
     r = im(cli_env, "--db", db_url, "db", "downgrade", "base")
     assert r.returncode == 0 and r.stdout.strip().endswith(f"{head} -> empty")
 
@@ -48,6 +49,6 @@ def test_default_store_is_sqlite_in_the_data_dir(tmp_path: Path, cli_env: dict[s
 def test_bad_url_is_one_line(cli_env: dict[str, str]) -> None:
     r = im(cli_env, "--db", "not a url", "db", "current")
     assert r.returncode == 2
-    assert r.stderr.strip() .splitlines()[-1] == (
+    assert r.stderr.strip().splitlines()[-1] == (
         "infermeter: error: database URL 'not a url' is not a valid SQLAlchemy URL"
     )

@@ -21,7 +21,9 @@ def test_defaults_and_sources() -> None:
 
 def test_file_env_and_option_precedence(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[agent]\ntick_s = 2\nhost = "edge-1"\n[store]\nurl = "sqlite:///from-file.db"\n')
+    path.write_text(
+        '[agent]\ntick_s = 2\nhost = "edge-1"\n[store]\nurl = "sqlite:///from-file.db"\n'
+    )
     env = {"INFERMETER_DB": "sqlite:///from-env.db"}
     cfg = load_config(CORE_OPTIONS, str(path), environ=env)
     assert cfg["agent.tick_s"] == 2.0 and isinstance(cfg["agent.tick_s"], float)
@@ -29,8 +31,9 @@ def test_file_env_and_option_precedence(tmp_path: Path) -> None:
     assert cfg.host == "edge-1"
     assert cfg.store_url == "sqlite:///from-env.db"
     assert cfg.sources["store.url"] == "$INFERMETER_DB"
-    cfg = load_config(CORE_OPTIONS, str(path), environ=env,
-                      overrides={"store.url": "sqlite:///from-flag.db"})
+    cfg = load_config(
+        CORE_OPTIONS, str(path), environ=env, overrides={"store.url": "sqlite:///from-flag.db"}
+    )
     assert cfg.store_url == "sqlite:///from-flag.db"
     assert cfg.sources["store.url"] == "--db"
 
@@ -70,7 +73,7 @@ def test_plugin_options_are_declared_and_typed() -> None:
     opts = [*CORE_OPTIONS, Option("gpu", "poll_s", 0.2, "poll")]
     cfg = build_config(opts, {"gpu": {"poll_s": 1}}, environ={})
     assert cfg.section("gpu") == {"poll_s": 1.0}
-    with pytest.raises(ConfigError, match="gpu.poll_s"):
+    with pytest.raises(ConfigError, match=r"gpu\.poll_s"):
         build_config(opts, {"gpu": {"poll_s": [1]}}, environ={})
 
 
@@ -85,7 +88,10 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path, cli_env: dict[str,
     db = tmp_path / "store.db"
     r = subprocess.run(
         [*infermeter_cmd(), "--config", str(path), "--db", f"sqlite:///{db}", "run"],
-        env=cli_env, capture_output=True, text=True, timeout=60,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -97,8 +103,14 @@ def test_cli_config_show_reports_sources(tmp_path: Path, cli_env: dict[str, str]
     path = tmp_path / "c.toml"
     path.write_text("[agent]\ntick_s = 0.5\n[synthetic]\npower_w = 250\n")
     env = {**cli_env, "INFERMETER_CONFIG": str(path), "INFERMETER_DB": "sqlite:////tmp/x.db"}
-    r = subprocess.run([*infermeter_cmd(), "config", "show", "--json"],
-                       env=env, capture_output=True, text=True, timeout=60, check=True)
+    r = subprocess.run(
+        [*infermeter_cmd(), "config", "show", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     out = json.loads(r.stdout)
     assert out["file"] == str(path)
     assert out["values"]["agent.tick_s"] == {"value": 0.5, "source": f"file {path}"}

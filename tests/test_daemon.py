@@ -25,7 +25,7 @@ IDLE_W = 40.0
 def write_config(tmp_path: Path, devices: int = 2, tick: float = 0.1, flush: float = 0.5) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(
-        f"[agent]\ntick_s = {tick}\nflush_s = {flush}\nrollup_s = 1\nhost = \"test-host\"\n"
+        f'[agent]\ntick_s = {tick}\nflush_s = {flush}\nrollup_s = 1\nhost = "test-host"\n'
         f"[synthetic]\ndevices = {devices}\npower_w = {POWER_W}\nidle_w = {IDLE_W}\n"
         f'marker = "{tmp_path / "exports.jsonl"}"\n'
         '[plugins]\ndisabled = ["core.nvml", "core.rapl", "core.cpu_estimate"]\n'
@@ -36,7 +36,10 @@ def write_config(tmp_path: Path, devices: int = 2, tick: float = 0.1, flush: flo
 def start(tmp_path: Path, env: dict[str, str], config: Path, db: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{db}", "run"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -45,9 +48,11 @@ def count_windows(db: Path) -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device_id, t0 FROM usage_shares)"
-            ).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM (SELECT DISTINCT device_id, t0 FROM usage_shares)"
+                ).fetchone()[0]
+            )
     except sqlite3.OperationalError:
         return 0  # not migrated yet
 
@@ -84,7 +89,7 @@ def test_run_ticks_flushes_and_stops_cleanly_on_sigterm(
     sent = time.monotonic()
     stopped_at = time.time()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert time.monotonic() - sent < 5.0
     assert "meters: synthetic" in err
@@ -121,7 +126,10 @@ def test_second_agent_on_one_sqlite_file_refuses(tmp_path: Path, cli_env: dict[s
         before = count_windows(db)
         second = subprocess.run(
             [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{db}", "run"],
-            env=cli_env, capture_output=True, text=True, timeout=30,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1].startswith("infermeter: error: another")
@@ -133,9 +141,7 @@ def test_second_agent_on_one_sqlite_file_refuses(tmp_path: Path, cli_env: dict[s
     assert first.returncode == 0
 
 
-def test_sigkill_mid_flush_loses_nothing_committed(
-    tmp_path: Path, cli_env: dict[str, str]
-) -> None:
+def test_sigkill_mid_flush_loses_nothing_committed(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """Kill a busy agent at random moments; every committed window survives whole."""
     db = tmp_path / "store.db"
     # 1500 devices make each flush a transaction of ~6000 rows, long enough
@@ -164,9 +170,18 @@ def test_sigkill_mid_flush_loses_nothing_committed(
 
 def test_unreachable_database_exits_2(tmp_path: Path, cli_env: dict[str, str]) -> None:
     r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(write_config(tmp_path)),
-         "--db", "postgresql://nobody@127.0.0.1:1/none", "run"],
-        env=cli_env, capture_output=True, text=True, timeout=60,
+        [
+            *infermeter_cmd(),
+            "--config",
+            str(write_config(tmp_path)),
+            "--db",
+            "postgresql://nobody@127.0.0.1:1/none",
+            "run",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
@@ -176,15 +191,24 @@ def test_unreachable_database_exits_2(tmp_path: Path, cli_env: dict[str, str]) -
 def test_newer_schema_exits_2_and_changes_nothing(tmp_path: Path, cli_env: dict[str, str]) -> None:
     db = tmp_path / "store.db"
     url = f"sqlite:///{db}"
-    subprocess.run([*infermeter_cmd(), "--db", url, "db", "upgrade"], env=cli_env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*infermeter_cmd(), "--db", url, "db", "upgrade"],
+        env=cli_env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'f00d0099'")
     before = db.read_bytes()
     for args in (["run"], ["db", "upgrade"], ["db", "current"]):
-        r = subprocess.run([*infermeter_cmd(), "--config", str(write_config(tmp_path)),
-                            "--db", url, *args], env=cli_env, capture_output=True, text=True,
-                           timeout=60)
+        r = subprocess.run(
+            [*infermeter_cmd(), "--config", str(write_config(tmp_path)), "--db", url, *args],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 2, args
         assert "schema is at revision f00d0099, newer than this infermeter" in r.stderr
     with sqlite3.connect(db) as conn:

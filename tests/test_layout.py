@@ -13,8 +13,13 @@ import infermeter.plugins
 
 def test_source_folder_names_are_not_importable(tmp_path: Path) -> None:
     for name in ("agent", "plugins", "migrations"):
-        r = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", f"import {name}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, name
 
 

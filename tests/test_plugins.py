@@ -97,25 +97,45 @@ def test_blocked_plugin_is_not_loaded() -> None:
 
 
 def test_third_party_plugin_is_listed(cli_env: dict[str, str]) -> None:
-    r = subprocess.run([*infermeter_cmd(), "plugins", "--json"], env=cli_env,
-                       capture_output=True, text=True, timeout=60, check=True)
+    r = subprocess.run(
+        [*infermeter_cmd(), "plugins", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     out = json.loads(r.stdout)
     synthetic = [p for p in out["plugins"] if p["name"] == "synthetic"]
-    assert synthetic == [{
-        "name": "synthetic",
-        "hooks": ["infermeter_config_options", "infermeter_export", "infermeter_meters"],
-        "version": "1.2.3",
-        "distribution": "infermeter-synthetic",
-        "module": "infermeter_synthetic",
-    }]
-    r = subprocess.run([*infermeter_cmd(), "plugins"], env=cli_env,
-                       capture_output=True, text=True, timeout=60, check=True)
+    assert synthetic == [
+        {
+            "name": "synthetic",
+            "hooks": ["infermeter_config_options", "infermeter_export", "infermeter_meters"],
+            "version": "1.2.3",
+            "distribution": "infermeter-synthetic",
+            "module": "infermeter_synthetic",
+        }
+    ]
+    r = subprocess.run(
+        [*infermeter_cmd(), "plugins"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "infermeter-synthetic" in r.stdout and "1.2.3" in r.stdout
 
 
 def test_disabled_in_config_is_not_listed(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[plugins]\ndisabled = ["synthetic"]\n')
-    r = subprocess.run([*infermeter_cmd(), "--config", str(path), "plugins", "--json"],
-                       env=cli_env, capture_output=True, text=True, timeout=60, check=True)
+    r = subprocess.run(
+        [*infermeter_cmd(), "--config", str(path), "plugins", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "synthetic" not in {p["name"] for p in json.loads(r.stdout)["plugins"]}

@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
+from infermeter import processes as procfs_scan
 from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter import processes as procfs_scan
 from infermeter.plugins import procfs
 from infermeter.processes import ProcessInfo
 from infermeter.records import Framework

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,9 @@ class Run:
 
     def __init__(self, trace: Path, db: Path, tick_s: float = 1.0) -> None:
         self.pm = make_plugin_manager()
-        self.config = build_config(self.pm.config_options(), {"agent": {"tick_s": tick_s}},
-                                   environ={})
+        self.config = build_config(
+            self.pm.config_options(), {"agent": {"tick_s": tick_s}}, environ={}
+        )
         engine = open_engine(f"sqlite:///{db}")
         migrate.upgrade(engine)
         self.store = Store(engine, trace.name)
@@ -47,8 +49,7 @@ class Run:
             self.agent = agent
             self.ticks.append((list(agent.last_readings), shares))
 
-        self.result: ReplayResult = replay(trace, self.config, self.pm, self.store,
-                                           observe=observe)
+        self.result: ReplayResult = replay(trace, self.config, self.pm, self.store, observe=observe)
         self.db = db
 
     def sql(self, query: str, *args: object) -> list[tuple]:
@@ -75,13 +76,16 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 def counter_j(trace: Path) -> list[tuple[float, float]]:
     with (trace / "nvml_device0.csv").open() as f:
-        return [(float(r["t"]), float(r["energy_mj"]) / 1000) for r in csv.DictReader(f)
-                if r["energy_mj"]]
+        return [
+            (float(r["t"]), float(r["energy_mj"]) / 1000)
+            for r in csv.DictReader(f)
+            if r["energy_mj"]
+        ]
 
 
 def counter_at(rows: list[tuple[float, float]], t: float) -> float:
     """The counter interpolated at t (it advances about every 100 ms)."""
-    for (ta, ea), (tb, eb) in zip(rows, rows[1:], strict=False):
+    for (ta, ea), (tb, eb) in pairwise(rows):
         if ta <= t <= tb:
             return ea + (eb - ea) * (t - ta) / (tb - ta)
     raise AssertionError(f"{t} outside the recording")
@@ -102,16 +106,21 @@ def test_every_interval_conserves_energy(trace: str, request: pytest.FixtureRequ
 
 
 @pytest.mark.parametrize(("trace", "path"), [("serving", SERVING), ("encoder", ENCODER)])
-def test_stored_gpu_energy_is_the_counters(trace: str, path: Path,
-                                           request: pytest.FixtureRequest) -> None:
+def test_stored_gpu_energy_is_the_counters(
+    trace: str, path: Path, request: pytest.FixtureRequest
+) -> None:
     run: Run = request.getfixturevalue(trace)
     rows = counter_j(path)
-    (stored,) = run.sql("SELECT sum(s.energy_j) FROM usage_shares s JOIN devices d "
-                        "ON d.id = s.device_id WHERE d.kind = 'gpu'")[0]
+    (stored,) = run.sql(
+        "SELECT sum(s.energy_j) FROM usage_shares s JOIN devices d "
+        "ON d.id = s.device_id WHERE d.kind = 'gpu'"
+    )[0]
     # The replay runs from the first row of the device file to the last.
     assert stored == pytest.approx(rows[-1][1] - rows[0][1], abs=1e-3)
-    methods = run.sql("SELECT DISTINCT s.method FROM usage_shares s JOIN devices d "
-                      "ON d.id = s.device_id WHERE d.kind = 'gpu'")
+    methods = run.sql(
+        "SELECT DISTINCT s.method FROM usage_shares s JOIN devices d "
+        "ON d.id = s.device_id WHERE d.kind = 'gpu'"
+    )
     assert methods == [("measured",)]
 
 
@@ -142,8 +151,9 @@ def test_each_phase_matches_the_counter_within_one_percent(encoder: Run) -> None
 
 
 @pytest.mark.parametrize(("trace", "pids"), [("encoder", (534, 535)), ("serving", (416, 417))])
-def test_two_processes_split_by_their_samples(trace: str, pids: tuple[int, int],
-                                              request: pytest.FixtureRequest) -> None:
+def test_two_processes_split_by_their_samples(
+    trace: str, pids: tuple[int, int], request: pytest.FixtureRequest
+) -> None:
     run: Run = request.getfixturevalue(trace)
     rows = run.sql(
         "SELECT t.pid, s.weight_basis, sum(s.energy_j) FROM usage_shares s "
@@ -163,8 +173,11 @@ def test_every_request_gets_energy_and_calls_plus_overhead_equal_the_share(servi
     for name in "ABC":
         lines = (SERVING / f"spans_{name}.jsonl").read_text().splitlines()
         header = json.loads(lines[0])
-        expected[header["pid"]] = (header["model"], len(lines) - 1,
-                                   sum(json.loads(x)[4] for x in lines[1:]))
+        expected[header["pid"]] = (
+            header["model"],
+            len(lines) - 1,
+            sum(json.loads(x)[4] for x in lines[1:]),
+        )
     rows = serving.sql(
         "SELECT t.pid, t.start_time, m.name, count(*), sum(r.items), sum(r.energy_j), "
         "min(r.energy_j) FROM requests r JOIN targets t ON t.id = r.target_id "
@@ -175,7 +188,9 @@ def test_every_request_gets_energy_and_calls_plus_overhead_equal_the_share(servi
         assert min_j > 0, "every request drew some energy"
         (active_j,) = serving.sql(
             "SELECT sum(s.energy_j) FROM usage_shares s JOIN targets t ON t.id = s.target_id "
-            "WHERE t.pid = ? AND s.bucket = 'active'", pid)[0]
+            "WHERE t.pid = ? AND s.bucket = 'active'",
+            pid,
+        )[0]
         overhead = serving.agent.ledger.overhead_j[(SERVING.name, pid, start)]
         assert calls_j + overhead == pytest.approx(active_j, abs=1e-6)
         assert 0 < calls_j < active_j
@@ -187,7 +202,8 @@ def test_cpu_server_gets_estimated_cpu_energy(serving: Run) -> None:
     rows = serving.sql(
         "SELECT s.method, s.weight_basis, sum(s.energy_j) FROM usage_shares s "
         "JOIN targets t ON t.id = s.target_id WHERE t.pid = 418 AND s.bucket = 'active' "
-        "GROUP BY 1, 2")
+        "GROUP BY 1, 2"
+    )
     assert [(m, b) for m, b, _ in rows] == [("estimated", "cpu-seconds")]
     assert rows[0][2] > 0
     assert serving.sql("SELECT framework FROM targets WHERE pid = 418") == [("onnxruntime",)]
@@ -195,22 +211,37 @@ def test_cpu_server_gets_estimated_cpu_energy(serving: Run) -> None:
 
 def test_replay_cli(tmp_path: Path, cli_env: dict[str, str]) -> None:
     db = tmp_path / "r.db"
-    r = subprocess.run([*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(SERVING)],
-                       env=cli_env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(SERVING)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "as host h100-serving" in r.stdout and "meters nvml, cpu_estimate" in r.stdout
-    bad = subprocess.run([*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay",
-                          str(tmp_path / "nope")], env=cli_env, capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(tmp_path / "nope")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2
     assert "is not a folder" in bad.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(empty)],
-                       env=cli_env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(empty)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
-        f"infermeter: error: {empty}: no plugin recognises any file in it")
+        f"infermeter: error: {empty}: no plugin recognises any file in it"
+    )
 
 
 def test_methods_are_what_the_meters_said(serving: Run) -> None:

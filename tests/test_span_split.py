@@ -14,8 +14,17 @@ KEY = ("h", 7, 1.0)
 
 
 def active(t0: float, t1: float, energy: float) -> Share:
-    return Share(t0, t1, "GPU-0", Bucket.ACTIVE, Method.MEASURED, energy, target=KEY,
-                 model=None, weight_basis="sm-util")
+    return Share(
+        t0,
+        t1,
+        "GPU-0",
+        Bucket.ACTIVE,
+        Method.MEASURED,
+        energy,
+        target=KEY,
+        model=None,
+        weight_basis="sm-util",
+    )
 
 
 def span(t0: float, t1: float, items: int = 1, model: str = "m", tenant: str | None = None) -> Span:
@@ -31,15 +40,20 @@ def test_one_call_covering_half_the_interval() -> None:
 
 
 def test_overlapping_calls_share_by_items() -> None:
-    r = split_over_spans(active(0.0, 1.0, 100.0), [span(0.0, 1.0, items=1), span(0.0, 1.0, items=3)])
+    r = split_over_spans(
+        active(0.0, 1.0, 100.0), [span(0.0, 1.0, items=1), span(0.0, 1.0, items=3)]
+    )
     energies = sorted(e for _, e in r.call_energy_j)
     assert energies == [pytest.approx(25.0), pytest.approx(75.0)]
     assert r.overhead_j == pytest.approx(0.0, abs=1e-9)
 
 
 def test_overhead_stays_with_the_labelled_model_and_tenant() -> None:
-    r = split_over_spans(active(0.0, 2.0, 100.0), [span(0.0, 0.5, model="a", tenant="t1")],
-                         {"model": "a", "tenant": "t0"})
+    r = split_over_spans(
+        active(0.0, 2.0, 100.0),
+        [span(0.0, 0.5, model="a", tenant="t1")],
+        {"model": "a", "tenant": "t0"},
+    )
     got = {(s.model, s.tenant): s.energy_j for s in r.shares}
     assert got == {("a", "t1"): pytest.approx(25.0), ("a", "t0"): pytest.approx(75.0)}
 
@@ -50,8 +64,9 @@ def test_calls_outside_the_interval_take_nothing() -> None:
 
 
 calls = st.lists(
-    st.tuples(st.floats(-1, 3), st.floats(0.0001, 2), st.integers(1, 64),
-              st.sampled_from(["a", "b", "c"])),
+    st.tuples(
+        st.floats(-1, 3), st.floats(0.0001, 2), st.integers(1, 64), st.sampled_from(["a", "b", "c"])
+    ),
     max_size=30,
 )
 

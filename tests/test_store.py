@@ -18,15 +18,32 @@ from infermeter.store.models import Base, TargetRow, UsageHourly, UsageShare
 from infermeter.store.writer import FlushBatch, Store
 
 GPU = Device(uid="GPU-1", kind=DeviceKind.GPU, name="NVIDIA H100 80GB HBM3", idle_power_w=70.0)
-TARGET = Target(host="h1", pid=416, start_time=1000.5, framework=Framework.TORCH,
-                labels={"model": "resnet50", "tenant": "acme"})
+TARGET = Target(
+    host="h1",
+    pid=416,
+    start_time=1000.5,
+    framework=Framework.TORCH,
+    labels={"model": "resnet50", "tenant": "acme"},
+)
 
 
 def batch(t0: float, t1: float, active_j: float = 500.0) -> FlushBatch:
     shares = [
-        Share(t0, t1, GPU.uid, Bucket.IDLE, Method.MEASURED, 70.0 * (t1 - t0), weight_basis="baseline"),
-        Share(t0, t1, GPU.uid, Bucket.ACTIVE, Method.MEASURED, active_j, target=TARGET.key,
-              model="resnet50", tenant="acme", weight_basis="sm-util"),
+        Share(
+            t0, t1, GPU.uid, Bucket.IDLE, Method.MEASURED, 70.0 * (t1 - t0), weight_basis="baseline"
+        ),
+        Share(
+            t0,
+            t1,
+            GPU.uid,
+            Bucket.ACTIVE,
+            Method.MEASURED,
+            active_j,
+            target=TARGET.key,
+            model="resnet50",
+            tenant="acme",
+            weight_basis="sm-util",
+        ),
         Share(t0, t1, GPU.uid, Bucket.OTHER, Method.MEASURED, 1.25, weight_basis="sm-util"),
     ]
     return FlushBatch(shares=shares, devices=[GPU], targets=[TARGET], now=t1)
@@ -43,8 +60,17 @@ def test_upgrade_from_empty_and_downgrade_to_base(db_url: str) -> None:
     assert migrate.current_revision(engine) is None
     assert migrate.upgrade(engine) == migrate.head_revision()
     tables = set(inspect(engine).get_table_names())
-    assert {"hosts", "devices", "targets", "models", "price_cards", "usage_shares",
-            "usage_hourly", "requests", "recommendations"} <= tables
+    assert {
+        "hosts",
+        "devices",
+        "targets",
+        "models",
+        "price_cards",
+        "usage_shares",
+        "usage_hourly",
+        "requests",
+        "recommendations",
+    } <= tables
     assert migrate.downgrade(engine, "base") is None
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
@@ -98,8 +124,9 @@ def test_rollup_and_prune(db_url: str) -> None:
     assert store.rollup(0.0, 3600.0 * 12) == 6  # recomputing is idempotent
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(UsageHourly.hour, UsageHourly.bucket, UsageHourly.energy_j,
-                   UsageHourly.energy_cost).order_by(UsageHourly.hour, UsageHourly.bucket)
+            select(
+                UsageHourly.hour, UsageHourly.bucket, UsageHourly.energy_j, UsageHourly.energy_cost
+            ).order_by(UsageHourly.hour, UsageHourly.bucket)
         ).all()
     assert [r.hour for r in rows] == [36000.0] * 3 + [39600.0] * 3
     active = [r.energy_j for r in rows if r.bucket == "active"]
@@ -129,14 +156,18 @@ def test_newer_schema_is_refused(db_url: str) -> None:
     with pytest.raises(StoreError, match="revision ffff9999, newer than this infermeter"):
         migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "ffff9999"
+        assert (
+            conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "ffff9999"
+        )
     engine.dispose()
 
 
 def test_unreachable_database_is_one_line() -> None:
     with pytest.raises(StoreError) as e:
         open_engine("postgresql://nobody@127.0.0.1:1/none")
-    assert str(e.value).startswith("cannot connect to database postgresql://nobody@127.0.0.1:1/none")
+    assert str(e.value).startswith(
+        "cannot connect to database postgresql://nobody@127.0.0.1:1/none"
+    )
     assert "Connection refused" in str(e.value)
     assert "\n" not in str(e.value)
 

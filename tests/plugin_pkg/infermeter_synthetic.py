@@ -20,8 +20,13 @@ class ConstantMeter:
 
     def __init__(self, devices: int, power_w: float, idle_w: float) -> None:
         self.devices = [
-            Device(uid=f"synthetic-{i}", kind=DeviceKind.GPU, name="Synthetic", index=i,
-                   idle_power_w=idle_w)
+            Device(
+                uid=f"synthetic-{i}",
+                kind=DeviceKind.GPU,
+                name="Synthetic",
+                index=i,
+                idle_power_w=idle_w,
+            )
             for i in range(devices)
         ]
         self.power_w = power_w
@@ -33,8 +38,15 @@ class ConstantMeter:
             return []
         dt = now - last
         return [
-            Reading(device=d, t0=last, t1=now, energy_j=self.power_w * dt,
-                    method=Method.ESTIMATED, weights={-1: 1.0}, weight_basis="synthetic")
+            Reading(
+                device=d,
+                t0=last,
+                t1=now,
+                energy_j=self.power_w * dt,
+                method=Method.ESTIMATED,
+                weights={-1: 1.0},
+                weight_basis="synthetic",
+            )
             for d in self.devices
         ]
 
@@ -63,5 +75,7 @@ def infermeter_export(batch: Sequence[Share], config: Config) -> None:
     marker = config["synthetic.marker"]
     if marker:
         with open(marker, "a") as f:
-            f.write(json.dumps({"shares": len(batch),
-                                "energy_j": sum(s.energy_j for s in batch)}) + "\n")
+            f.write(
+                json.dumps({"shares": len(batch), "energy_j": sum(s.energy_j for s in batch)})
+                + "\n"
+            )
