@@ -26,14 +26,17 @@ class Baseline:
 def split_exactly(total: float, weights: Sequence[float]) -> list[float]:
     """Split ``total`` in proportion to ``weights``; the parts sum to ``total``.
 
-    Weights must be >= 0 with a positive sum. The last part takes the floating
-    point remainder, so ``sum(parts) == total`` up to one rounding of a sum.
+    Weights must be >= 0 with a positive sum. The part of the largest weight
+    takes the floating-point remainder (so a tiny part is never pushed below
+    zero), and ``sum(parts) == total`` up to one rounding of a sum.
     """
     wsum = float(sum(weights))
     if wsum <= 0:
         raise ValueError("weights must have a positive sum")
-    parts = [total * (w / wsum) for w in weights[:-1]]
-    parts.append(total - sum(parts))
+    parts = [total * (w / wsum) for w in weights]
+    biggest = max(range(len(parts)), key=lambda i: weights[i])
+    parts[biggest] = 0.0
+    parts[biggest] = total - sum(parts)
     return parts
 
 

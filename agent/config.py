@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class Option:
     default: Any
     help: str
     type: type | tuple[type, ...] | None = None  # None: the default's type
+    choices: tuple[Any, ...] | None = None
+    # Further validation: returns what is wrong with a value, or None.
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -74,7 +77,13 @@ CORE_OPTIONS: tuple[Option, ...] = (
         "Seconds a flush leaves unattributed so that the "
         "spans ending in them can arrive from the inference processes.",
     ),
-    Option("agent", "log_level", "info", "debug | info | warning | error."),
+    Option(
+        "agent",
+        "log_level",
+        "info",
+        "debug | info | warning | error.",
+        choices=("debug", "info", "warning", "error"),
+    ),
     Option(
         "store",
         "url",
@@ -239,6 +248,15 @@ def _set(
             f"config key `{name}` in {source} must be {want_name}, not {type(value).__name__} "
             f"({value!r})"
         )
+    if opt.choices is not None and value not in opt.choices:
+        allowed = ", ".join(repr(c) for c in opt.choices)
+        raise ConfigError(
+            f"config key `{name}` in {source} must be one of {allowed}, not {value!r}"
+        )
+    if opt.check is not None:
+        problem = opt.check(value)
+        if problem:
+            raise ConfigError(f"config key `{name}` in {source}: {problem}")
     if isinstance(opt.default, float) and isinstance(value, int):
         value = float(value)
     values[name] = value

@@ -58,7 +58,9 @@ class Discovery:
         self._scans = 0
         self._young_s = young_s
         self._clock = clock
-        self._young: dict[int, float] = {}  # pid -> start time, not a target yet
+        # pid -> (start time, when to ask again, how long to wait after that):
+        # young processes that were not targets yet, asked again with backoff.
+        self._young: dict[int, tuple[float, float, float]] = {}
 
     @property
     def targets(self) -> dict[int, Target]:
@@ -80,12 +82,13 @@ class Discovery:
             self._announced.pop(gone, None)
             self._young.pop(gone, None)
         # A Python server maps its runtime seconds after it starts: a young
-        # process that was not a target yet is asked again.
+        # process that was not a target yet is asked again, every second for
+        # its first ten, then at doubling intervals until it is a minute old.
         now = self._clock()
-        for pid, started in list(self._young.items()):
-            if now - started > self._young_s:
+        for pid, (started, due, _wait) in list(self._young.items()):
+            if now - started > self._young_s or self._seen.get(pid) is not None:
                 del self._young[pid]
-            elif self._seen.get(pid) is None:
+            elif now >= due:
                 self._seen.pop(pid, None)
         self._scans += 1
         if self._scans % self._recheck_every == 1 or self._recheck_every == 1:
@@ -100,10 +103,12 @@ class Discovery:
         info = self._inspect(pid)
         if info is None:
             return None
-        if self._clock() - info.start_time <= self._young_s:
-            self._young[pid] = info.start_time
-        else:
-            self._young.pop(pid, None)
+        now = self._clock()
+        age = now - info.start_time
+        if age <= self._young_s:
+            _started, _due, wait = self._young.get(pid, (0.0, 0.0, 1.0))
+            wait = 1.0 if age < 10.0 else 2 * wait
+            self._young[pid] = (info.start_time, now + wait, wait)
         try:
             target = self._decide(info)
         except Exception:  # a plugin bug must not stop discovery of others

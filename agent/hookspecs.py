@@ -18,7 +18,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from infermeter.config import Config, Option
-    from infermeter.records import Reading, Recommendation, Share, Span, Target
+    from infermeter.pricing import Price, PriceCard
+    from infermeter.records import Device, Reading, Recommendation, Share, Span, Target
 
 hookspec = pluggy.HookspecMarker("infermeter")
 hookimpl = pluggy.HookimplMarker("infermeter")
@@ -207,13 +208,19 @@ def infermeter_span_sources(config: Config) -> Sequence[SpanSource]:
 
 
 @hookspec(firstresult=True)
-def infermeter_price(share: Share, card: Mapping[str, Any]) -> Mapping[str, float | None] | None:
+def infermeter_price(
+    share: Share, device: Device, card: PriceCard, window_j: float
+) -> Price | None:
     """Price one share under one price card; first result wins.
 
-    Returns ``{"energy_cost": ..., "capacity_cost": ..., "carbon_g": ...}`` in
-    the card's currency and grams CO2e; a value that cannot be known is None
-    (stored as unpriced), never 0. The built-in pricing is ``trylast`` so a
-    plugin can override it for the devices it knows better.
+    Called at every flush for every share, and by ``infermeter reprice``.
+    ``window_j`` is the energy of all the device's shares in the share's
+    window (joules), so a capacity cost can be split by energy. Returns a
+    ``infermeter.pricing.Price`` (energy cost and capacity cost in the card's
+    currency, carbon in grams CO2e); a figure that cannot be known is None
+    (stored as unpriced), never 0. The built-in card pricing is ``trylast``,
+    so a plugin can price the devices it knows better and return None for
+    the rest.
     """
 
 

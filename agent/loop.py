@@ -21,10 +21,12 @@ from infermeter.config import Config
 from infermeter.discovery import Discovery
 from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
+from infermeter.pricing import Price, PriceCard, card_or_none, price_calls, price_shares
 from infermeter.processes import ProcessInfo
 from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
 from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store
+from infermeter.windows import summarise
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,15 @@ class Agent:
         self.discovery = Discovery(config.host, self._decide)
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
+        self.card: PriceCard | None = card_or_none(config)
         self.span_sources: list[SpanSource] = list(span_sources or [])
         self._sources_given = span_sources is not None
         self.ledger = SpanLedger()
+        self.spans_dropped: dict[str, int] = {}
         self._span_lag_s = float(config["agent.span_lag_s"])
         self._lock = threading.Lock()
         self._pending: deque[Share] = deque()
+        self._pending_readings: deque[Reading] = deque()
         self._unwritten: deque[FlushBatch] = deque()
         self._max_pending = int(config["agent.buffer_max_shares"])
         self.dropped_shares = 0
@@ -80,7 +85,8 @@ class Agent:
         log.info("meters: %s", names)
 
     def close(self) -> None:
-        for part in [*self.meters, *self.span_sources]:
+        parts: list[Meter | SpanSource] = [*self.meters, *self.span_sources]
+        for part in parts:
             try:
                 part.close()
             except Exception:
@@ -116,6 +122,7 @@ class Agent:
             for target in targets.values():
                 self._seen_targets[target.key] = target
             self._pending.extend(shares)
+            self._pending_readings.extend(r for r in readings if r.energy_j > 0)
             self._bound_pending()
         self.last_readings = readings
         self.ticks += 1
@@ -134,6 +141,24 @@ class Agent:
             for pid in {s.pid for s in spans}:
                 if pid not in self.discovery.targets:
                     self.discovery.announce(pid, {})
+            self._report_drops(source)
+
+    def _report_drops(self, source: SpanSource) -> None:
+        """Say when spans were lost: by the sender while we were away, or by us."""
+        try:
+            dropped = source.dropped()
+        except Exception:
+            return
+        before = self.spans_dropped.get(source.name, 0)
+        if dropped > before:
+            by_sender = getattr(source, "sender_dropped", dict)()
+            log.warning(
+                "%d spans dropped (%s in all, by sender pid: %s)",
+                dropped - before,
+                dropped,
+                by_sender or "none",
+            )
+            self.spans_dropped[source.name] = dropped
 
     def add_spans(self, spans: Iterable[Span]) -> None:
         """Spans handed over directly (replay, tests) rather than by a source."""
@@ -151,6 +176,8 @@ class Agent:
             ready = [s for s in self._pending if s.t1 <= cutoff]
             held = [s for s in self._pending if s.t1 > cutoff]
             self._pending = deque(held)
+            ready_readings = [r for r in self._pending_readings if r.t1 <= cutoff]
+            self._pending_readings = deque(r for r in self._pending_readings if r.t1 > cutoff)
             targets = self._seen_targets
             still_held = {s.target for s in held}
             self._seen_targets = {k: t for k, t in targets.items() if k in still_held}
@@ -166,6 +193,11 @@ class Agent:
             merged.extend(merge_shares(group, t0, t1))
         named = {s.target for s in merged if s.target is not None}
         named.update(c.target for c in calls)
+        share_prices: list[Price] = []
+        call_prices: list[Price] = []
+        if self.card is not None:
+            share_prices = price_shares(merged, self.devices, self.card, self.pm)
+            call_prices = price_calls(calls, merged, share_prices, self.card)
         return FlushBatch(
             shares=merged,
             devices=[self.devices[uid] for uid in by_device],
@@ -173,6 +205,10 @@ class Agent:
             now=now,
             baselines={uid: self.learner.learned(uid) for uid in by_device},
             calls=calls,
+            windows=summarise(ready_readings),
+            card=self.card,
+            share_prices=share_prices,
+            call_prices=call_prices,
         )
 
     def flush(self, now: float | None = None, final: bool = False) -> int:
@@ -213,6 +249,8 @@ class Agent:
         while len(self._pending) > self._max_pending:
             self._pending.popleft()
             self.dropped_shares += 1
+        while len(self._pending_readings) > self._max_pending:
+            self._pending_readings.popleft()
 
     def rollup(self, now: float | None = None) -> int:
         if self.store is None:

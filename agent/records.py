@@ -87,6 +87,8 @@ class Device:
     idle_power_w: float | None = None  # bare baseline, nothing on the device
     keepwarm_power_w: float | None = None  # extra draw while a context is held
     parent_uid: str | None = None  # the physical GPU of a MIG instance
+    cores: int | None = None  # logical CPUs, for a CPU device (core-hour pricing)
+    compute_capability: tuple[int, int] | None = None  # a GPU's (major, minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ class Reading:
     weight_basis: str = "none"  # sm-util | gpu-memory | equal | cpu-seconds | none
     holders: frozenset[int] = frozenset()
     busy_fraction: float | None = None
+    memory_used_bytes: int | None = None  # device memory held by processes (peak seen)
     note: str = ""  # why a reading is degraded, when it is
 
     @property

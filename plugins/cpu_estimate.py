@@ -60,6 +60,7 @@ class CpuEstimateMeter:
             power_limit_w=power.max_w,
             idle_power_w=power.idle_w,
             keepwarm_power_w=0.0,
+            cores=power.ncpu,
         )
 
     def read(self, now: float, targets: Mapping[int, Target]) -> list[Reading]:
@@ -131,6 +132,7 @@ def infermeter_config_options() -> Sequence[Option]:
             "estimate",
             "auto",
             "auto: estimate CPU energy only where RAPL cannot measure it; always; never.",
+            choices=("auto", "always", "never"),
         ),
     ]
 

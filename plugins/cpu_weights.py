@@ -14,9 +14,9 @@ psutil, ``RecordedTimes`` (in ``cpu_trace``) answers from a recorded
 ``cpu_times.jsonl`` at the replay's ``now``. The tracker below is the same
 code for both, which is what makes a replay test the live path.
 
-Per tick this costs one ``psutil.cpu_times()`` plus one
-``Process.cpu_times()`` per target (one read of /proc/PID/stat each): the
-psutil.Process objects are kept per (pid, start time) across ticks.
+Per tick this costs one ``psutil.cpu_times()`` plus one read of
+/proc/PID/stat per target (``infermeter.processes.cpu_seconds``, which also
+tells a reused pid from the target by its start time).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Protocol
 
 import psutil
 
+from infermeter import processes
 from infermeter.records import Target
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,7 @@ def busy_seconds(t: object) -> float:
 
 
 class PsutilTimes:
-    """The live source: psutil, with Process objects cached per (pid, start time)."""
-
-    def __init__(self) -> None:
-        self._procs: dict[ProcKey, psutil.Process] = {}
-        self._denied_logged = False
+    """The live source: the host's times from psutil, each target's from /proc."""
 
     def system(self, now: float) -> SystemTimes:
         clock = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -102,33 +99,10 @@ class PsutilTimes:
         return start_time - float(psutil.boot_time())
 
     def process(self, pid: int, start_time: float, now: float) -> float | None:
-        key = (pid, start_time)
-        try:
-            proc = self._procs.get(key)
-            if proc is None:
-                proc = psutil.Process(pid)
-                if abs(proc.create_time() - start_time) > 0.05:
-                    return None  # the pid now belongs to another process
-                self._procs[key] = proc
-            t = proc.cpu_times()
-        except psutil.NoSuchProcess:  # exited (ZombieProcess is a subclass)
-            self._procs.pop(key, None)
-            return None
-        except psutil.AccessDenied:
-            if not self._denied_logged:
-                self._denied_logged = True
-                log.warning(
-                    "cannot read CPU times of pid %d (access denied); its CPU time "
-                    "counts as other. Run the agent as root or as the same user.",
-                    pid,
-                )
-            return None
-        return float(t.user + t.system)
+        return processes.cpu_seconds(pid, start_time)
 
     def retain(self, keys: Iterable[ProcKey]) -> None:
-        keep = set(keys)
-        for key in [k for k in self._procs if k not in keep]:
-            del self._procs[key]
+        pass  # nothing is kept per process
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,18 @@ class _State:
 _state = _State()
 
 
+def _check_rules(raw: Any) -> str | None:
+    """Reject a bad rule when the config is read, naming it, rather than at the first tick."""
+    if not isinstance(raw, list):
+        return "must be a list of tables"
+    for i, rule in enumerate(raw):
+        try:
+            parse_rule(rule, f"rules[{i}]")
+        except ValueError as e:
+            return str(e)
+    return None
+
+
 def configured_rules(config: Config) -> tuple[Rule, ...]:
     """The valid ``[discovery] rules`` of ``config``, parsed once per config."""
     return _state.rules_for(config)
@@ -236,6 +248,7 @@ def infermeter_config_options() -> Sequence[Option]:
             "tenant, team, ...}}: a process matching every condition given is a target, and "
             "any target matched gets the labels (a later rule overrides an earlier one's).",
             list,
+            check=_check_rules,
         )
     ]
 

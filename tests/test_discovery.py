@@ -57,9 +57,12 @@ def test_a_young_process_is_asked_again_until_it_is_old() -> None:
 
     proc = sleeper()
     try:
-        d = Discovery("h", decide, young_s=60.0)
+        now = [proc_start(proc.pid) + 0.5]
+        d = Discovery("h", decide, young_s=60.0, clock=lambda: now[0])
         assert proc.pid not in d.scan()
         ready = True
+        assert proc.pid not in d.scan(), "asked again only after a backoff"
+        now[0] += 1.1
         assert proc.pid in d.scan()
         assert asked.count(proc.pid) == 2
         old = Discovery("h", decide, young_s=60.0, clock=lambda: proc_start(proc.pid) + 61)
@@ -70,6 +73,24 @@ def test_a_young_process_is_asked_again_until_it_is_old() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_young_processes_back_off() -> None:
+    asked: list[float] = []
+    now = [1000.0]
+    d = Discovery(
+        "h",
+        lambda p: asked.append(now[0]) and None,
+        list_pids=lambda: [77],
+        inspect=lambda pid: ProcessInfo(pid, 1000.0, "x", (), None),
+        start_time=lambda pid: 1000.0,
+        clock=lambda: now[0],
+    )
+    while now[0] < 1080.0:
+        d.scan()
+        now[0] += 0.5
+    # Every second for ten seconds, then after 2, 4, 8, 16 s; never after 60 s of age.
+    assert [t - 1000.0 for t in asked] == [float(s) for s in range(11)] + [12.0, 16.0, 24.0, 40.0]
 
 
 def proc_start(pid: int) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from infermeter import processes as procfs_scan
 from infermeter.config import CORE_OPTIONS, Config, build_config
+from infermeter.errors import ConfigError
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.plugins import procfs
 from infermeter.processes import ProcessInfo
@@ -138,27 +138,20 @@ def test_cgroup_rule_and_framework_override(procs: dict[str, subprocess.Popen[by
     assert procfs.infermeter_discover(process=info_of(pid), config=miss) is None
 
 
-def test_bad_rules_are_logged_and_the_good_ones_still_apply(
-    procs: dict[str, subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
-) -> None:
-    rules = [
-        {"cmdline": "(", "labels": {}},
-        {"comand": "typo"},
-        {"labels": {"model": "x"}},
-        {"cmdline": "serve-mlp", "framework": "tensorflow"},
-        {"cmdline": "serve-mlp", "labels": {"model": "mlp"}},
-    ]
-    with caplog.at_level(logging.ERROR, logger="infermeter.plugins.procfs"):
-        target = procfs.infermeter_discover(
-            process=info_of(procs["python"].pid), config=config(rules=rules)
-        )
-    assert target is not None and target.labels == {"model": "mlp"}
-    errors = [r.getMessage() for r in caplog.records]
-    assert len(errors) == 4
-    assert "rules[0].cmdline is not a valid regex" in errors[0]
-    assert "unknown key(s) ['comand']" in errors[1]
-    assert "needs at least one of" in errors[2]
-    assert "framework must be one of" in errors[3]
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"cmdline": "(", "labels": {}}, "rules[1].cmdline is not a valid regex"),
+        ({"comand": "typo"}, "unknown key(s) ['comand']"),
+        ({"labels": {"model": "x"}}, "needs at least one of"),
+        ({"cmdline": "serve-mlp", "framework": "tensorflow"}, "framework must be one of"),
+    ],
+)
+def test_a_bad_rule_is_a_config_error_naming_it(rule: dict[str, Any], message: str) -> None:
+    good = {"cmdline": "serve-mlp", "labels": {"model": "mlp"}}
+    with pytest.raises(ConfigError) as e:
+        config(rules=[good, rule])
+    assert "discovery.rules" in str(e.value) and message in str(e.value)
 
 
 def test_process_identity_is_pid_and_start_time(procs: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,29 @@ def test_second_lock_on_one_file_is_refused(tmp_path: Path) -> None:
     again = StoreLock(db)
     again.acquire()
     again.release()
+
+
+def test_revisions_read_without_alembic_agree_with_alembic() -> None:
+    scripts = migrate.script_directory()
+    known, head = migrate.known_revisions()
+    assert known == {r.revision for r in scripts.walk_revisions()}
+    assert head == scripts.get_current_head()
+
+
+def test_the_daemon_path_does_not_load_alembic(tmp_path: Path) -> None:
+    """Alembic costs ~11 MB for the agent's life; an up-to-date store needs none of it."""
+    code = (
+        "import sys\n"
+        "from infermeter.store import migrate\n"
+        "from infermeter.store.engine import open_engine\n"
+        f"e = open_engine('sqlite:///{tmp_path / 'x.db'}')\n"
+        "assert migrate.needs_upgrade(e)\n"
+        "assert 'alembic' not in sys.modules\n"
+        "migrate.upgrade(e)\n"
+        "assert not migrate.needs_upgrade(e)\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "True"

@@ -59,6 +59,8 @@ class DeviceRow(Base):
     parent_uid: Mapped[str | None] = mapped_column(String(255))
     memory_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
     power_limit_w: Mapped[float | None] = mapped_column(Float)
+    cores: Mapped[int | None] = mapped_column(Integer)
+    compute_capability: Mapped[str | None] = mapped_column(String(8))  # "9.0"
     # Learned from quiet windows and kept across restarts (attribution step 1-2).
     idle_power_w: Mapped[float | None] = mapped_column(Float)
     keepwarm_power_w: Mapped[float | None] = mapped_column(Float)
@@ -131,6 +133,29 @@ class UsageShare(Base):
     capacity_cost: Mapped[float | None] = mapped_column(Float)
     carbon_g: Mapped[float | None] = mapped_column(Float)
     price_card_id: Mapped[int | None] = mapped_column(ForeignKey("price_cards.id"))
+
+
+class DeviceWindow(Base):
+    """What a device did in one flush window: energy, how busy, memory held.
+
+    The recommenders read utilisation and memory from here (right-size,
+    power cap); ``top`` reads the latest power. Natural key: (device, t0).
+    """
+
+    __tablename__ = "device_windows"
+    __table_args__ = (
+        UniqueConstraint("device_id", "t0"),
+        Index("ix_device_windows_t0", "t0"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    t0: Mapped[float] = mapped_column(Float)
+    t1: Mapped[float] = mapped_column(Float)
+    energy_j: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(16))  # the weakest of the window's readings
+    busy_fraction: Mapped[float | None] = mapped_column(Float)  # time-weighted mean, 0..1
+    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)  # peak in the window
 
 
 class UsageHourly(Base):

@@ -14,23 +14,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from infermeter.errors import StoreError
+from infermeter.pricing import Price, PriceCard
 from infermeter.records import Device, Share, Target, TargetKey
 from infermeter.span_ledger import CallEnergy
 from infermeter.store.models import (
     AgentState,
     Base,
     DeviceRow,
+    DeviceWindow,
     Host,
     ModelRow,
+    PriceCardRow,
     RequestRow,
     TargetRow,
     UsageHourly,
     UsageShare,
 )
+from infermeter.windows import DeviceWindowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,10 @@ class FlushBatch:
     # Learned (idle W, keep-warm W) per device uid; None where not learned yet.
     baselines: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     calls: Sequence[CallEnergy] = ()
+    windows: Sequence[DeviceWindowRecord] = ()
+    card: PriceCard | None = None
+    share_prices: Sequence[Price] = ()  # aligned with shares; empty: unpriced
+    call_prices: Sequence[Price] = ()  # aligned with calls
 
 
 def insert_ignoring_duplicates(
@@ -66,6 +75,18 @@ def insert_ignoring_duplicates(
                 pass
 
 
+def _price_columns(prices: Sequence[Price], i: int, card_id: int | None) -> dict[str, Any]:
+    if not prices:
+        return {"energy_cost": None, "capacity_cost": None, "carbon_g": None, "price_card_id": None}
+    p = prices[i]
+    return {
+        "energy_cost": p.energy_cost,
+        "capacity_cost": p.capacity_cost,
+        "carbon_g": p.carbon_g,
+        "price_card_id": card_id,
+    }
+
+
 class Store:
     """The store of one host. Thread-compatible: one flush at a time."""
 
@@ -76,6 +97,8 @@ class Store:
         self._device_ids: dict[str, int] = {}
         self._target_ids: dict[TargetKey, int] = {}
         self._model_ids: dict[str, int] = {}
+        self._card_ids: dict[str, int] = {}
+        self._model_described: set[str] = set()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -102,6 +125,10 @@ class Store:
             "name": device.name,
             "index": device.index,
             "parent_uid": device.parent_uid,
+            "cores": device.cores,
+            "compute_capability": (
+                "{}.{}".format(*device.compute_capability) if device.compute_capability else None
+            ),
             "memory_total_bytes": device.memory_total_bytes,
             "power_limit_w": device.power_limit_w,
             "idle_power_w": device.idle_power_w,
@@ -144,18 +171,46 @@ class Store:
         return target_id
 
     def model_id(
-        self, conn: Connection, name: str, now: float, framework: str | None = None
+        self,
+        conn: Connection,
+        name: str,
+        now: float,
+        framework: str | None = None,
+        dtype: str | None = None,
+        parameters: int | None = None,
     ) -> int:
         cached = self._model_ids.get(name)
-        if cached is not None:
+        if cached is not None and (name in self._model_described or not (dtype or parameters)):
+            return cached
+        if cached is not None:  # first seen as a label; a call now says what it is
+            conn.execute(
+                update(ModelRow)
+                .where(ModelRow.id == cached)
+                .values(
+                    dtype=func.coalesce(ModelRow.dtype, dtype),
+                    parameters=func.coalesce(ModelRow.parameters, parameters),
+                    framework=func.coalesce(ModelRow.framework, framework),
+                )
+            )
+            self._model_described.add(name)
             return cached
         insert_ignoring_duplicates(
             conn,
             ModelRow,
-            [{"name": name, "framework": framework, "first_seen": now}],
+            [
+                {
+                    "name": name,
+                    "framework": framework,
+                    "dtype": dtype,
+                    "parameters": parameters,
+                    "first_seen": now,
+                }
+            ],
         )
         model_id = conn.execute(select(ModelRow.id).where(ModelRow.name == name)).scalar_one()
         self._model_ids[name] = model_id
+        if dtype or parameters:
+            self._model_described.add(name)
         return model_id
 
     def _forget_ids(self) -> None:
@@ -164,6 +219,8 @@ class Store:
         self._device_ids.clear()
         self._target_ids.clear()
         self._model_ids.clear()
+        self._card_ids.clear()
+        self._model_described.clear()
 
     # ----- the flush --------------------------------------------------------
 
@@ -185,8 +242,9 @@ class Store:
             self.device_id(conn, device, now)
         for target in targets.values():
             self.target_id(conn, target, now)
+        card_id = self.price_card_id(conn, batch.card, now) if batch.card else None
         rows = []
-        for s in batch.shares:
+        for i, s in enumerate(batch.shares):
             target_id = self._target_ids.get(s.target) if s.target else None
             framework = str(targets[s.target].framework) if s.target in targets else None
             rows.append(
@@ -202,10 +260,29 @@ class Store:
                     "method": str(s.method),
                     "weight_basis": s.weight_basis,
                     "energy_j": s.energy_j,
+                    **_price_columns(batch.share_prices, i, card_id),
                 }
             )
         insert_ignoring_duplicates(conn, UsageShare, rows)
-        insert_ignoring_duplicates(conn, RequestRow, self._call_rows(conn, batch, targets))
+        insert_ignoring_duplicates(
+            conn,
+            DeviceWindow,
+            [
+                {
+                    "host_id": host_id,
+                    "device_id": self._device_ids[w.device_uid],
+                    "t0": w.t0,
+                    "t1": w.t1,
+                    "energy_j": w.energy_j,
+                    "method": str(w.method),
+                    "busy_fraction": w.busy_fraction,
+                    "memory_used_bytes": w.memory_used_bytes,
+                }
+                for w in batch.windows
+                if w.device_uid in self._device_ids
+            ],
+        )
+        insert_ignoring_duplicates(conn, RequestRow, self._call_rows(conn, batch, targets, card_id))
         conn.execute(update(Host).where(Host.id == host_id).values(last_seen=now))
         if self._device_ids:
             conn.execute(
@@ -229,10 +306,14 @@ class Store:
         return len(rows)
 
     def _call_rows(
-        self, conn: Connection, batch: FlushBatch, targets: Mapping[TargetKey, Target]
+        self,
+        conn: Connection,
+        batch: FlushBatch,
+        targets: Mapping[TargetKey, Target],
+        card_id: int | None,
     ) -> list[dict[str, Any]]:
         rows = []
-        for c in batch.calls:
+        for i, c in enumerate(batch.calls):
             span = c.span
             framework = span.framework or (
                 str(targets[c.target].framework) if c.target in targets else None
@@ -240,7 +321,9 @@ class Store:
             rows.append(
                 {
                     "target_id": self._target_ids[c.target],
-                    "model_id": self.model_id(conn, span.model, batch.now, framework),
+                    "model_id": self.model_id(
+                        conn, span.model, batch.now, framework, span.dtype, span.parameters
+                    ),
                     "request_id": span.request_id,
                     "t0": span.t0,
                     "t1": span.t1,
@@ -251,9 +334,32 @@ class Store:
                     "tags": dict(span.tags),
                     "energy_j": c.energy_j,
                     "method": str(c.method),
+                    **_price_columns(batch.call_prices, i, card_id),
                 }
             )
         return rows
+
+    def price_card_id(self, conn: Connection, card: PriceCard, now: float) -> int:
+        """The stored card of this version; a changed card must bear a new version."""
+        cached = self._card_ids.get(card.version)
+        if cached is not None:
+            return cached
+        body = {**card.body, "digest": card.digest}
+        insert_ignoring_duplicates(
+            conn,
+            PriceCardRow,
+            [{"version": card.version, "currency": card.currency, "body": body, "created_at": now}],
+        )
+        row = conn.execute(
+            select(PriceCardRow.id, PriceCardRow.body).where(PriceCardRow.version == card.version)
+        ).one()
+        if row.body.get("digest") != card.digest:
+            raise StoreError(
+                f"price card {card.version!r} is stored with other prices; "
+                "give the changed card a new prices.version"
+            )
+        self._card_ids[card.version] = row.id
+        return int(row.id)
 
     def learned_baselines(self) -> dict[str, tuple[float | None, float | None]]:
         """Idle and keep-warm power per device of this host, as last stored."""

@@ -97,6 +97,8 @@ def upgrade() -> None:
         sa.Column("parent_uid", sa.String(length=255), nullable=True),
         sa.Column("memory_total_bytes", sa.BigInteger(), nullable=True),
         sa.Column("power_limit_w", sa.Float(), nullable=True),
+        sa.Column("cores", sa.Integer(), nullable=True),
+        sa.Column("compute_capability", sa.String(length=8), nullable=True),
         sa.Column("idle_power_w", sa.Float(), nullable=True),
         sa.Column("keepwarm_power_w", sa.Float(), nullable=True),
         sa.Column("first_seen", sa.Float(), nullable=False),
@@ -173,6 +175,35 @@ def upgrade() -> None:
         batch_op.create_index("ix_requests_request_id", ["request_id"], unique=False)
         batch_op.create_index("ix_requests_t0", ["t0"], unique=False)
         batch_op.create_index("ix_requests_tenant_t0", ["tenant", "t0"], unique=False)
+
+    op.create_table(
+        "device_windows",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("host_id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=False),
+        sa.Column("t0", sa.Float(), nullable=False),
+        sa.Column("t1", sa.Float(), nullable=False),
+        sa.Column("energy_j", sa.Float(), nullable=False),
+        sa.Column("method", sa.String(length=16), nullable=False),
+        sa.Column("busy_fraction", sa.Float(), nullable=True),
+        sa.Column("memory_used_bytes", sa.BigInteger(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name=op.f("fk_device_windows_device_id_devices"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["host_id"],
+            ["hosts.id"],
+            name=op.f("fk_device_windows_host_id_hosts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_device_windows")),
+        sa.UniqueConstraint("device_id", "t0", name=op.f("uq_device_windows_device_id_t0")),
+    )
+    with op.batch_alter_table("device_windows", schema=None) as batch_op:
+        batch_op.create_index("ix_device_windows_t0", ["t0"], unique=False)
 
     op.create_table(
         "usage_hourly",
@@ -324,6 +355,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_usage_hourly_hour")
 
     op.drop_table("usage_hourly")
+    with op.batch_alter_table("device_windows", schema=None) as batch_op:
+        batch_op.drop_index("ix_device_windows_t0")
+
+    op.drop_table("device_windows")
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.drop_index("ix_requests_request_id")
         batch_op.drop_index("ix_requests_tenant_t0")

@@ -1,0 +1,357 @@
+"""The in-process end of the span pipe: the SpanEmitter the instrumentation calls.
+
+The application's thread does as little as possible: ``emit`` reads the
+request context and appends ``(span, context)`` to a deque (GIL-atomic, no
+lock on the way in). Everything else happens on one daemon thread that
+wakes every ``interval_s``: it polls pending spans, applies the request
+contexts, encodes and sends datagrams on a non-blocking Unix datagram socket.
+
+Nothing here blocks or raises into the application. Every span ends either
+sent or dropped and counted, by reason: buffer full, agent absent (no socket,
+refused), socket full (the agent is slow; the sender waits at most
+``send_wait_s`` per pass on its own thread), invalid, pending too long, or
+emitted after close. The count not yet told to the agent rides in the next
+datagram that gets through (a datagram with no spans when there are none),
+so after an outage the agent learns exactly how much it missed.
+
+The socket is connected: a poll then says when the agent's queue has room,
+and a new agent at the same path (restart) is found by reconnecting after
+ECONNREFUSED. After ``os.fork`` the child starts with an empty buffer, fresh
+locks and no thread (the parent's spans are the parent's to send); its
+thread starts at its first emit. At exit the thread makes a last pass,
+bounded by ``exit_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from infermeter import context
+from infermeter.records import Span
+from infermeter.wire import default_socket_path, pack, span_to_wire
+
+Finished = Callable[[], float | None]
+
+# Drop reasons, as stats() names them.
+BUFFER_FULL = "buffer_full"
+AGENT_ABSENT = "agent_absent"
+SOCKET_FULL = "socket_full"
+INVALID = "invalid"
+PENDING_FULL = "pending_full"
+PENDING_TIMEOUT = "pending_timeout"
+PENDING_ERROR = "pending_error"
+CLOSED = "closed"
+ERROR = "error"
+
+_ABSENT = {errno.ENOENT, errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE}
+_FULL = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS}
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterStats:
+    """Spans sent and dropped since the emitter (or this forked child) started."""
+
+    sent: int
+    dropped: int
+    unreported: int  # dropped, not yet told to the agent
+    datagrams: int
+    by_reason: Mapping[str, int] = field(default_factory=dict)
+
+
+class Emitter:
+    """SpanEmitter over a Unix datagram socket; see the module docstring."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        max_buffer: int = 16384,
+        max_pending: int = 4096,
+        interval_s: float = 0.1,
+        send_wait_s: float = 0.05,
+        pending_timeout_s: float = 60.0,
+        exit_timeout_s: float = 1.0,
+    ) -> None:
+        self.path = socket_path or default_socket_path()
+        self.max_buffer = max_buffer
+        self.max_pending = max_pending
+        self.interval_s = interval_s
+        self.send_wait_s = send_wait_s
+        self.pending_timeout_s = pending_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        self.patched: list[str] = []  # plugins whose infermeter_instrument patched something
+        # Wall clock from the monotonic one: steps of the system clock (NTP,
+        # an operator) never reorder or stretch spans.
+        self._anchor = time.time() - time.monotonic()
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: at start and in a forked child (parent's locks may be held)."""
+        self.pid = os.getpid()
+        self._limit = self.max_buffer  # 0 once closed: every emit then drops
+        self._buf: deque[tuple[Span, context.RequestContext | None]] = deque()
+        self._pending: deque[tuple[Span, context.RequestContext | None, Finished, float]] = deque()
+        self._lock = threading.Lock()  # counters only, never held across I/O
+        self._send_lock = threading.Lock()  # one pass at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._sent = 0
+        self._datagrams = 0
+        self._unreported = 0
+        self._dropped: Counter[str] = Counter()
+
+    # ----- the application's side: cheap, never raises ----------------------
+
+    def wall_time(self) -> float:
+        """Now, as UTC seconds derived from the monotonic clock."""
+        return self._anchor + time.monotonic()
+
+    def emit(self, span: Span) -> None:
+        try:
+            if self._thread is None:
+                self._start()
+            buf = self._buf
+            if len(buf) < self._limit:
+                buf.append((span, context.current.get()))
+            else:
+                self._drop(CLOSED if self._limit == 0 else BUFFER_FULL)
+        except Exception:
+            self._drop(ERROR)
+
+    def emit_pending(self, span: Span, finished: Finished) -> None:
+        try:
+            if self._thread is None:
+                self._start()
+            pending = self._pending
+            if len(pending) < min(self._limit, self.max_pending):
+                deadline = time.monotonic() + self.pending_timeout_s
+                pending.append((span, context.current.get(), finished, deadline))
+            else:
+                self._drop(CLOSED if self._limit == 0 else PENDING_FULL)
+        except Exception:
+            self._drop(ERROR)
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        try:
+            with self._lock:
+                self._dropped[reason] += n
+                self._unreported += n
+        except Exception:  # nothing may reach the application, not even here
+            pass
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._limit == 0:
+                return
+            thread = threading.Thread(target=self._run, name="infermeter-emitter", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    # ----- the background thread ----------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._pass(final=False)
+        self._pass(final=True)
+
+    def flush(self, timeout: float = 1.0, final: bool = False) -> bool:
+        """Send what is buffered now, from the caller's thread; False if a pass is busy."""
+        if not self._send_lock.acquire(timeout=timeout):
+            return False
+        try:
+            self._pass_locked(final)
+        except Exception:
+            self._drop(ERROR)
+        finally:
+            self._send_lock.release()
+        return True
+
+    def _pass(self, final: bool) -> None:
+        with self._send_lock:
+            try:
+                self._pass_locked(final)
+            except Exception:  # a bug here must not kill the thread
+                self._drop(ERROR)
+
+    def _pass_locked(self, final: bool) -> None:
+        ready: list[tuple[Span, context.RequestContext | None]] = []
+        if self._pending:
+            self._poll_pending(ready, final)
+        buf = self._buf
+        for _ in range(len(buf)):
+            ready.append(buf.popleft())
+        with self._lock:
+            unreported = self._unreported
+        if not ready and not unreported:
+            return
+        if not self._connect():
+            # The agent is away: count, and spend no time encoding for nobody.
+            if ready:
+                self._drop(AGENT_ABSENT, len(ready))
+            return
+        fragments: list[bytes] = []
+        for span, ctx in ready:
+            try:
+                fragments.append(span_to_wire(context.apply(span, ctx)))
+            except Exception:
+                self._drop(INVALID)
+        self._send_all(fragments)
+
+    def _poll_pending(
+        self, ready: list[tuple[Span, context.RequestContext | None]], final: bool
+    ) -> None:
+        now = time.monotonic()
+        keep: deque[tuple[Span, context.RequestContext | None, Finished, float]] = deque()
+        pending = self._pending
+        for _ in range(len(pending)):
+            item = pending.popleft()
+            span, ctx, finished, deadline = item
+            try:
+                end = finished()
+            except Exception:
+                self._drop(PENDING_ERROR)
+                continue
+            if end is not None:
+                # A device clock read a hair before the launch must not make t1 < t0.
+                ready.append((replace(span, t1=max(float(end), span.t0)), ctx))
+            elif final or now > deadline:
+                self._drop(PENDING_TIMEOUT)
+            else:
+                keep.append(item)
+        pending.extendleft(reversed(keep))  # ahead of any added meanwhile
+
+    def _send_all(self, fragments: list[bytes]) -> None:
+        """Datagrams until the fragments are gone; each carries the drops not yet told."""
+        wait_until = time.monotonic() + self.send_wait_s
+        i = 0
+        while True:
+            with self._lock:
+                unreported = self._unreported
+            if i >= len(fragments) and not unreported:
+                return
+            data, n = pack(fragments, unreported, i)
+            reason = self._send(data, wait_until)
+            if reason is None:
+                with self._lock:
+                    self._unreported -= unreported
+                    self._sent += n
+                    self._datagrams += 1
+            else:
+                # The rest would fail the same way now: drop and count them all.
+                self._drop(reason, len(fragments) - i)
+                return
+            i += n
+
+    def _connect(self) -> bool:
+        """A connected socket to the agent, made when there is none; False if it is away."""
+        if self._sock is not None:
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            return False
+        self._sock = sock
+        return True
+
+    def _send(self, data: bytes, wait_until: float) -> str | None:
+        """Send one datagram; None when sent, else why it was not."""
+        while True:
+            sock = self._sock
+            if sock is None and not self._connect():
+                return AGENT_ABSENT
+            assert self._sock is not None
+            sock = self._sock
+            try:
+                sock.send(data)
+                return None
+            except OSError as e:
+                if e.errno in _FULL:
+                    left = wait_until - time.monotonic()
+                    if left > 0:
+                        # The agent's queue is full: wait for room, on this thread only.
+                        poller = select.poll()
+                        poller.register(sock.fileno(), select.POLLOUT)
+                        poller.poll(max(1, int(left * 1000)))
+                        continue
+                    return SOCKET_FULL
+                self._disconnect()
+                if e.errno in _ABSENT or e.errno in (errno.EACCES, errno.EPERM):
+                    return AGENT_ABSENT
+                return ERROR
+
+    def _disconnect(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # ----- life cycle -----------------------------------------------------------
+
+    def stats(self) -> EmitterStats:
+        with self._lock:
+            return EmitterStats(
+                sent=self._sent,
+                dropped=sum(self._dropped.values()),
+                unreported=self._unreported,
+                datagrams=self._datagrams,
+                by_reason=dict(self._dropped),
+            )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking spans, make a last pass (bounded), release the socket."""
+        timeout = self.exit_timeout_s if timeout is None else timeout
+        self._limit = 0
+        deadline = time.monotonic() + timeout
+        thread = self._thread
+        self._stop.set()
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        elif thread is None and (self._buf or self._pending or self._unreported):
+            self.flush(max(0.0, deadline - time.monotonic()), final=True)
+        if thread is None or not thread.is_alive():
+            # Emitted between the last pass and the closing: counted, not lost.
+            left = len(self._buf) + len(self._pending)
+            if left:
+                self._buf.clear()
+                self._pending.clear()
+                self._drop(CLOSED, left)
+            self._disconnect()
+        _live.discard(self)
+
+
+_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for emitter in list(_live):
+        try:
+            emitter._disconnect()
+            emitter._reset()
+        except Exception:
+            pass
+
+
+def _at_exit() -> None:
+    for emitter in list(_live):
+        with contextlib.suppress(Exception):
+            emitter.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

@@ -1,0 +1,227 @@
+"""The agent's end of the span pipe: a Unix datagram socket, validated and bounded.
+
+``SocketReceiver`` is a SpanSource. A daemon thread receives: a Unix
+datagram socket queues at most ``net.unix.max_dgram_qlen`` datagrams (10 by
+default), so waiting for the agent's one-second tick would make every
+sender see "socket full". The thread decodes each datagram (``wire``) into a
+bounded deque; ``drain()`` hands the deque over without blocking.
+
+Trust: the socket is ``0o660`` in a ``0o750`` directory, so only the agent's
+user and group can send (put inference users in the agent's group).
+``SO_PASSCRED`` makes the kernel attach the sender's pid to every datagram
+(``SCM_CREDENTIALS``); that pid replaces whatever the payload says, so one
+process cannot charge its spans to another. A pid of 0 (a sender in a pid
+namespace the agent cannot see) is treated as no credentials.
+
+Everything not accepted is counted by reason: over size, malformed (the
+reason is logged at debug), no credentials, unexpected ancillary data, and
+queue overflow (the oldest spans go). Senders' own drops (the ``d`` field)
+are kept per pid; ``dropped()`` is the sum of all of them.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from infermeter.errors import InfermeterError
+from infermeter.records import Span
+from infermeter.wire import MAX_DATAGRAM, decode_batch, default_socket_path
+
+log = logging.getLogger(__name__)
+
+SOCKET_MODE = 0o660
+DIR_MODE = 0o750
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_ANC_SIZE = socket.CMSG_SPACE(_UCRED.size)
+_MAX_PIDS = 65536  # senders remembered in sender_dropped(); beyond, folded into pid 0
+
+# Drop reasons, as stats() names them.
+OVERSIZE = "oversize"
+MALFORMED = "malformed"
+NO_CREDENTIALS = "no_credentials"
+ANCILLARY = "ancillary"
+QUEUE_FULL = "queue_full"
+
+
+class SocketReceiver:
+    """SpanSource bound at ``path``; see the module docstring."""
+
+    name = "socket"
+
+    def __init__(
+        self, path: str | None = None, *, max_queue: int = 100_000, start: bool = True
+    ) -> None:
+        self.path = path or default_socket_path()
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
+        self._queue: deque[Span] = deque()
+        self._counts: Counter[str] = Counter()
+        self._sender_dropped: dict[int, int] = {}
+        self.datagrams = 0
+        self._stop = threading.Event()
+        self._sock, self._ino = _bind(self.path)
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="infermeter-spans", daemon=True)
+            self._thread.start()
+
+    # ----- SpanSource ----------------------------------------------------------
+
+    def drain(self) -> Sequence[Span]:
+        with self._lock:
+            spans, self._queue = self._queue, deque()
+        return list(spans)
+
+    def dropped(self) -> int:
+        with self._lock:
+            return sum(self._counts.values()) + sum(self._sender_dropped.values())
+
+    def sender_dropped(self) -> dict[int, int]:
+        """Spans each sender (by kernel-verified pid) says it dropped, accumulated."""
+        with self._lock:
+            return dict(self._sender_dropped)
+
+    def stats(self) -> dict[str, int]:
+        """What this receiver refused, by reason, and what it accepted."""
+        with self._lock:
+            out = dict(self._counts)
+            out["datagrams"] = self.datagrams
+            out["sender_dropped"] = sum(self._sender_dropped.values())
+            out["queued"] = len(self._queue)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._sock.close()
+        # Unlink only our own socket: a newer agent may have bound the path since.
+        with contextlib.suppress(OSError):
+            if os.lstat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
+
+    # ----- receiving -------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._sock.settimeout(0.2)  # how soon close() is noticed
+        while not self._stop.is_set():
+            try:
+                self.receive_one()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if self._stop.is_set():
+                    return
+                log.warning("span socket %s: %s", self.path, e)
+                self._stop.wait(0.1)
+            except Exception:
+                log.exception("span socket %s: receiving failed", self.path)
+
+    def receive_one(self) -> None:
+        """Receive and handle one datagram (blocking per the socket's timeout)."""
+        data, anc, flags, _addr = self._sock.recvmsg(MAX_DATAGRAM + 1, _ANC_SIZE)
+        pid = 0
+        for level, kind, cdata in anc:
+            if level != socket.SOL_SOCKET:
+                continue
+            if kind == socket.SCM_CREDENTIALS and len(cdata) >= _UCRED.size:
+                pid = _UCRED.unpack_from(cdata)[0]
+            elif kind == socket.SCM_RIGHTS:
+                _close_fds(cdata)  # nobody sends us descriptors: do not leak them
+        self.handle(data, pid, flags)
+
+    def handle(self, data: bytes, pid: int, flags: int = 0) -> bool:
+        """Validate one datagram from ``pid`` and queue its spans; False if refused."""
+        if flags & socket.MSG_TRUNC or len(data) > MAX_DATAGRAM:
+            return self._refuse(OVERSIZE)
+        if flags & socket.MSG_CTRUNC:
+            return self._refuse(ANCILLARY)
+        if pid <= 0:
+            return self._refuse(NO_CREDENTIALS)
+        try:
+            spans, sender_dropped = decode_batch(data, pid=pid)
+        except ValueError as e:
+            log.debug("span datagram from pid %d refused: %s", pid, e)
+            return self._refuse(MALFORMED)
+        with self._lock:
+            self.datagrams += 1
+            if sender_dropped:
+                if pid not in self._sender_dropped and len(self._sender_dropped) >= _MAX_PIDS:
+                    pid = 0
+                self._sender_dropped[pid] = self._sender_dropped.get(pid, 0) + sender_dropped
+            self._queue.extend(spans)
+            over = len(self._queue) - self.max_queue
+            if over > 0:
+                for _ in range(over):
+                    self._queue.popleft()
+                self._counts[QUEUE_FULL] += over
+        return True
+
+    def _refuse(self, reason: str) -> bool:
+        with self._lock:
+            self._counts[reason] += 1
+        return False
+
+
+def _close_fds(cdata: bytes) -> None:
+    fds = array.array("i")
+    fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _bind(path: str) -> tuple[socket.socket, int]:
+    """Bind the socket, owner+group only; refuse a path another live agent holds."""
+    p = Path(path)
+    parent = p.parent
+    if not parent.exists():
+        parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(parent, DIR_MODE)  # mkdir's mode is cut by the umask
+    st = os.stat(parent)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise InfermeterError(
+            f"span socket directory {parent} belongs to uid {st.st_uid}, not to this agent: "
+            "remove it or set [spans] socket"
+        )
+    if os.path.lexists(p):
+        if not stat.S_ISSOCK(os.lstat(p).st_mode):
+            raise InfermeterError(f"span socket path {p} exists and is not a socket")
+        if _is_live(path):
+            raise InfermeterError(f"another agent receives spans at {p}")
+        os.unlink(p)  # left by an agent that died
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        with contextlib.suppress(OSError):  # more room for bursts, up to rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(path)
+        # Between bind and chmod the socket has the umask's mode; the 0o750
+        # directory keeps others out meanwhile.
+        os.chmod(path, SOCKET_MODE)
+        ino = os.lstat(path).st_ino
+    except OSError as e:
+        sock.close()
+        raise InfermeterError(f"cannot bind the span socket {p}: {e.strerror or e}") from e
+    return sock, ino
+
+
+def _is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

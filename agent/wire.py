@@ -1,0 +1,323 @@
+"""The span datagram: what the in-process SDK sends and the agent accepts.
+
+Both ends import this module, so the format and its limits live in one place.
+A datagram is compact UTF-8 JSON::
+
+    {"v": 1, "d": <dropped>, "s": [<span>, ...]}
+
+``v`` is the format version, ``d`` the number of spans the sender dropped
+since its previous datagram that got through (so the agent learns about an
+outage when it comes back), and each span is an array in ``FIELDS`` order::
+
+    [pid, model, t0, t1, items, tokens_in, tokens_out, request_id, tenant,
+     {tag: value}, framework, device, dtype, parameters]
+
+Arrays rather than objects keep a span near 100 bytes, so one datagram
+(``MAX_DATAGRAM``) carries hundreds. JSON rather than a binary struct because
+the agent must validate every field anyway and ``json`` is C-fast in both
+processes. The receiver trusts nothing: ``decode_batch`` checks types,
+lengths, finite numbers and ``t1 >= t0`` and raises ValueError with the
+reason; ``encode_batch`` runs the same checks, so whatever is sent decodes.
+The limits are chosen so that every valid span fits one datagram.
+
+The payload's ``pid`` is informative only: the agent replaces it with the
+pid the kernel vouches for (SO_PASSCRED), see ``receiver.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from infermeter.records import Span
+
+VERSION = 1
+MAX_DATAGRAM = 60 * 1024  # bytes; under the 64 KiB a default wmem always allows
+MAX_SPANS = 4096  # per datagram
+MAX_STR = 256  # model, request_id, tenant, tag values (characters)
+MAX_SHORT = 64  # framework, device, dtype, tag keys (characters)
+MAX_TAGS = 16
+MAX_COUNT = 2**63 - 1  # items, tokens, parameters, dropped
+MAX_PID = 2**31 - 1
+
+FIELDS = (
+    "pid",
+    "model",
+    "t0",
+    "t1",
+    "items",
+    "tokens_in",
+    "tokens_out",
+    "request_id",
+    "tenant",
+    "tags",
+    "framework",
+    "device",
+    "dtype",
+    "parameters",
+)
+
+ENV_SOCKET = "INFERMETER_SOCKET"
+SYSTEM_SOCKET = "/run/infermeter/spans.sock"
+
+_HEAD = b'{"v":%d,"d":%d,"s":['
+_TAIL = b"]}"
+# The head with the widest dropped count, plus the tail: what a datagram
+# costs besides its spans.
+_OVERHEAD = len(_HEAD % (VERSION, MAX_COUNT)) + len(_TAIL)
+
+
+def default_socket_path() -> str:
+    """Where the agent listens and the SDK sends, unless configured.
+
+    ``$INFERMETER_SOCKET`` wins on both ends. Otherwise the system agent's
+    ``/run/infermeter/spans.sock`` for root, or for anyone who can see it (an
+    application running as a user, next to a system agent); else the user's
+    runtime directory, so a developer can run both ends unprivileged.
+    """
+    env = os.environ.get(ENV_SOCKET)
+    if env:
+        return env
+    euid = os.geteuid()
+    if euid == 0 or os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "infermeter" if runtime else Path(f"/tmp/infermeter-{euid}")
+    return str(base / "spans.sock")
+
+
+# ----- validation, shared by both directions ----------------------------------
+
+
+def _str(value: Any, name: str, limit: int, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not str:
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{name} longer than {limit} characters")
+    return value
+
+
+def _count(value: Any, name: str, limit: int = MAX_COUNT, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is not int:  # bool is not a count
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= limit:
+        raise ValueError(f"{name} out of range: {value}")
+    return value
+
+
+def _time(value: Any, name: str) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    t = float(value)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"{name} must be finite and >= 0, not {value!r}")
+    return t
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"tags must be an object, not {type(value).__name__}")
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"more than {MAX_TAGS} tags")
+    for k, v in value.items():
+        if not _str(k, "tag key", MAX_SHORT, optional=False):
+            raise ValueError("empty tag key")
+        _str(v, f"tag {k[:MAX_SHORT]!r}", MAX_STR, optional=False)
+    return value
+
+
+def _check_span(a: Any) -> None:
+    """Raise ValueError unless ``a`` is a valid span array (FIELDS order)."""
+    if type(a) is not list or len(a) != len(FIELDS):
+        raise ValueError(f"a span must be an array of {len(FIELDS)} fields")
+    _count(a[0], "pid", MAX_PID, optional=False)
+    if not _str(a[1], "model", MAX_STR, optional=False):
+        raise ValueError("empty model")
+    t0 = _time(a[2], "t0")
+    t1 = _time(a[3], "t1")
+    if t1 < t0:
+        raise ValueError(f"t1 < t0 ({t1!r} < {t0!r})")
+    _count(a[4], "items", optional=False)
+    _count(a[5], "tokens_in")
+    _count(a[6], "tokens_out")
+    _str(a[7], "request_id", MAX_STR)
+    _str(a[8], "tenant", MAX_STR)
+    _tags(a[9])
+    _str(a[10], "framework", MAX_SHORT)
+    _str(a[11], "device", MAX_SHORT)
+    _str(a[12], "dtype", MAX_SHORT)
+    _count(a[13], "parameters")
+
+
+def _span(a: list[Any], pid: int | None) -> Span:
+    """The Span of a checked array; ``pid`` replaces the payload's."""
+    return Span(
+        a[0] if pid is None else pid,
+        a[1],
+        float(a[2]),
+        float(a[3]),
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        a[8],
+        a[9],
+        a[10],
+        a[11],
+        a[12],
+        a[13],
+    )
+
+
+# ----- encoding ----------------------------------------------------------------
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _as_time(x: Any) -> Any:
+    """numpy scalars and int times become floats; anything else is left to the check."""
+    if type(x) is float:
+        return x
+    if isinstance(x, bool) or not hasattr(type(x), "__float__"):
+        return x
+    return float(x)
+
+
+def _as_count(x: Any) -> Any:
+    """numpy integers become ints (they have __index__); floats stay and are refused."""
+    if type(x) is int or x is None:
+        return x
+    if isinstance(x, bool) or x is None or not hasattr(type(x), "__index__"):
+        return x
+    return operator.index(x)
+
+
+def _as_str(x: Any) -> Any:
+    """A str subclass (an enum member) becomes a plain str."""
+    if x is None or type(x) is str:
+        return x
+    return str.__str__(x) if isinstance(x, str) else x
+
+
+def span_to_wire(span: Span) -> bytes:
+    """One span's array as JSON bytes; ValueError if the agent would refuse it.
+
+    Numbers from numpy and str subclasses are converted, not refused: the
+    instrumentation hands over what the runtime gave it.
+    """
+    tags = span.tags
+    a = [
+        _as_count(span.pid),
+        _as_str(span.model),
+        _as_time(span.t0),
+        _as_time(span.t1),
+        _as_count(span.items),
+        _as_count(span.tokens_in),
+        _as_count(span.tokens_out),
+        _as_str(span.request_id),
+        _as_str(span.tenant),
+        {_as_str(k): _as_str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else tags,
+        _as_str(span.framework),
+        _as_str(span.device),
+        _as_str(span.dtype),
+        _as_count(span.parameters),
+    ]
+    _check_span(a)
+    # A lone surrogate raises UnicodeEncodeError, a ValueError.
+    return _ENCODER.encode(a).encode("utf-8")
+
+
+def pack(fragments: Sequence[bytes], dropped: int, start: int = 0) -> tuple[bytes, int]:
+    """One datagram of ``fragments[start:]`` (as many as fit) carrying ``dropped``.
+
+    Returns the datagram and how many fragments it holds. With no fragments
+    left it still returns a datagram: one that only reports ``dropped``.
+    """
+    if type(dropped) is not int or not 0 <= dropped <= MAX_COUNT:
+        raise ValueError(f"dropped out of range: {dropped!r}")
+    budget = MAX_DATAGRAM - _OVERHEAD
+    end = start
+    size = 0
+    while end < len(fragments) and end - start < MAX_SPANS:
+        cost = len(fragments[end]) + (1 if end > start else 0)
+        if size + cost > budget:
+            break
+        size += cost
+        end += 1
+    if end == start and start < len(fragments):
+        raise ValueError("a span larger than a datagram")  # span_to_wire's limits prevent it
+    body = b",".join(fragments[start:end])
+    return (_HEAD % (VERSION, dropped)) + body + _TAIL, end - start
+
+
+def encode_batch(spans: Iterable[Span], dropped: int = 0) -> list[bytes]:
+    """Spans as datagrams of at most MAX_DATAGRAM bytes; the first carries ``dropped``.
+
+    No spans and nothing dropped is no datagram at all. Raises ValueError on a
+    span the receiver would refuse (the emitter encodes span by span instead,
+    to drop and count only the bad one).
+    """
+    fragments = [span_to_wire(s) for s in spans]
+    out: list[bytes] = []
+    i = 0
+    while i < len(fragments) or (not out and dropped):
+        data, n = pack(fragments, dropped if not out else 0, i)
+        out.append(data)
+        i += n
+    return out
+
+
+# ----- decoding ----------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number here")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in an object")
+    return obj
+
+
+def decode_batch(data: bytes, pid: int | None = None) -> tuple[list[Span], int]:
+    """(spans, dropped) from one datagram, or ValueError saying what is wrong.
+
+    ``pid``, when given, is stored on every span instead of the payload's
+    (the receiver passes the sender's kernel-verified pid).
+    """
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"datagram of {len(data)} bytes is over {MAX_DATAGRAM}")
+    try:
+        doc = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_no_constants,
+            object_pairs_hook=_unique_object,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if type(doc) is not dict or doc.keys() != {"v", "d", "s"}:
+        raise ValueError('a datagram must be an object with exactly "v", "d" and "s"')
+    if type(doc["v"]) is not int or doc["v"] != VERSION:
+        raise ValueError(f"unsupported version {doc['v']!r}")
+    dropped = _count(doc["d"], "dropped", optional=False)
+    items = doc["s"]
+    if type(items) is not list:
+        raise ValueError('"s" must be an array')
+    if len(items) > MAX_SPANS:
+        raise ValueError(f"more than {MAX_SPANS} spans")
+    for a in items:
+        _check_span(a)
+    spans = [_span(a, pid) for a in items]
+    assert dropped is not None
+    return spans, dropped

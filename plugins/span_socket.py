@@ -1,0 +1,57 @@
+"""The SDK's spans, received on a Unix datagram socket (``[spans]`` section).
+
+The work is in ``infermeter.receiver`` (SocketReceiver) and the format in
+``infermeter.wire``; this module only declares the options and hands the
+receiver to the agent, which drains it every tick. A socket that cannot be
+bound (another agent holds it, no permission) is not fatal: the agent meters
+without spans and logs one line saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from infermeter import hookimpl
+from infermeter.config import Config, Option
+from infermeter.errors import InfermeterError
+from infermeter.hookspecs import SpanSource
+from infermeter.receiver import SocketReceiver
+from infermeter.wire import ENV_SOCKET, default_socket_path
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def infermeter_config_options() -> Sequence[Option]:
+    return [
+        Option(
+            "spans",
+            "socket",
+            "",
+            "Unix datagram socket the SDK sends spans to; empty: "
+            f"${ENV_SOCKET}, else /run/infermeter/spans.sock for root, "
+            "else $XDG_RUNTIME_DIR/infermeter/spans.sock.",
+        ),
+        Option(
+            "spans",
+            "max_queue",
+            100_000,
+            "Spans held between ticks; beyond it the oldest are dropped and counted.",
+            check=lambda n: None if n >= 1 else "must be >= 1",
+        ),
+    ]
+
+
+@hookimpl
+def infermeter_span_sources(config: Config) -> Sequence[SpanSource]:
+    path = str(config["spans.socket"]) or default_socket_path()
+    max_queue = int(config["spans.max_queue"])
+    if max_queue < 1:
+        log.error("[spans] max_queue must be >= 1, not %d: spans are off", max_queue)
+        return []
+    try:
+        return [SocketReceiver(path, max_queue=max_queue)]
+    except InfermeterError as e:
+        log.error("spans are off: %s", e)
+        return []

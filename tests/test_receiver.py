@@ -1,0 +1,202 @@
+"""The agent's span socket: permissions, kernel-verified pids, refusals counted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infermeter.config import build_config
+from infermeter.errors import InfermeterError
+from infermeter.hookspecs import SpanSource
+from infermeter.plugin_manager import make_plugin_manager
+from infermeter.receiver import SocketReceiver
+from infermeter.records import Span
+from infermeter.wire import MAX_DATAGRAM, encode_batch
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short folder: AF_UNIX paths must fit 108 bytes, pytest's tmp_path may not."""
+    d = Path(tempfile.mkdtemp(prefix="im-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def receiver(sock_dir: Path) -> Iterator[SocketReceiver]:
+    r = SocketReceiver(str(sock_dir / "run" / "spans.sock"))
+    yield r
+    r.close()
+
+
+def send(path: str, data: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(data, path)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def span(model: str = "m", pid: int = 1) -> Span:
+    return Span(pid=pid, model=model, t0=10.0, t1=11.0)
+
+
+def test_socket_is_owner_and_group_only_in_a_private_folder(receiver: SocketReceiver) -> None:
+    st = os.stat(receiver.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(Path(receiver.path).parent).st_mode) == 0o750
+
+
+def test_spans_arrive_with_the_senders_pid_and_its_drop_count(receiver: SocketReceiver) -> None:
+    send(receiver.path, encode_batch([span("a"), span("b")], dropped=5)[0])
+    assert wait_for(lambda: receiver.stats()["datagrams"] == 1)
+    spans = receiver.drain()
+    assert [(s.model, s.pid) for s in spans] == [("a", os.getpid()), ("b", os.getpid())]
+    assert receiver.drain() == []
+    assert receiver.sender_dropped() == {os.getpid(): 5}
+    assert receiver.dropped() == 5
+    assert isinstance(receiver, SpanSource)
+
+
+def test_the_pid_comes_from_the_kernel_not_the_payload(receiver: SocketReceiver) -> None:
+    claim = encode_batch([span("forged", pid=1)], dropped=3)[0]
+    code = (
+        "import socket, sys\n"
+        "sys.stdin.readline()\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(bytes.fromhex(sys.argv[2]), sys.argv[1])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, receiver.path, claim.hex()], stdin=subprocess.PIPE
+    )
+    proc.communicate(b"go\n", timeout=60)
+    assert proc.returncode == 0
+    assert wait_for(lambda: receiver.stats()["datagrams"] == 1)
+    assert [(s.model, s.pid) for s in receiver.drain()] == [("forged", proc.pid)]
+    assert receiver.sender_dropped() == {proc.pid: 3}
+
+
+def test_malformed_and_oversize_datagrams_are_refused_and_counted(
+    receiver: SocketReceiver,
+) -> None:
+    send(receiver.path, b"not json")
+    send(
+        receiver.path,
+        b'{"v":1,"d":0,"s":[[1,"m",2.0,1.0,1,null,null,null,null,{},null,null,null,null]]}',
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.sendto(b" " * (MAX_DATAGRAM + 100), receiver.path)
+    send(receiver.path, encode_batch([span("ok")])[0])
+    assert wait_for(lambda: receiver.stats()["datagrams"] == 1 and receiver.dropped() == 3)
+    stats = receiver.stats()
+    assert (stats["malformed"], stats["oversize"]) == (2, 1)
+    assert [s.model for s in receiver.drain()] == ["ok"]
+
+
+def test_descriptors_passed_along_are_refused_and_not_leaked(receiver: SocketReceiver) -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(receiver.path)
+            for _ in range(5):
+                socket.send_fds(s, [encode_batch([span()])[0]], [r, w])
+        assert wait_for(lambda: receiver.dropped() == 5)
+        assert receiver.stats()["ancillary"] == 5
+        assert receiver.drain() == []
+    finally:
+        os.close(r)
+        os.close(w)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_the_queue_is_bounded_and_drops_the_oldest(sock_dir: Path) -> None:
+    r = SocketReceiver(str(sock_dir / "s.sock"), max_queue=10)
+    try:
+        send(r.path, encode_batch([span(f"m{i}") for i in range(25)])[0])
+        assert wait_for(lambda: r.stats()["datagrams"] == 1)
+        assert [s.model for s in r.drain()] == [f"m{i}" for i in range(15, 25)]
+        assert r.stats()["queue_full"] == 15 and r.dropped() == 15
+    finally:
+        r.close()
+
+
+def test_a_live_agent_keeps_its_path_and_a_stale_socket_is_replaced(sock_dir: Path) -> None:
+    path = str(sock_dir / "s.sock")
+    first = SocketReceiver(path)
+    with pytest.raises(InfermeterError, match="another agent"):
+        SocketReceiver(path)
+    first.close()
+    assert not os.path.exists(path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens: an agent that died
+    second = SocketReceiver(path)
+    try:
+        send(path, encode_batch([span("after")])[0])
+        assert wait_for(lambda: [s.model for s in second.drain()] == ["after"])
+    finally:
+        second.close()
+
+
+def test_a_path_that_is_not_a_socket_is_an_error(sock_dir: Path) -> None:
+    (sock_dir / "s.sock").write_text("mine")
+    with pytest.raises(InfermeterError, match="not a socket"):
+        SocketReceiver(str(sock_dir / "s.sock"))
+    assert (sock_dir / "s.sock").read_text() == "mine"
+
+
+def test_close_leaves_a_newer_agents_socket_alone(sock_dir: Path) -> None:
+    path = str(sock_dir / "s.sock")
+    old = SocketReceiver(path, start=False)
+    os.unlink(path)
+    new = SocketReceiver(path)
+    try:
+        old.close()
+        assert os.path.exists(path)
+        send(path, encode_batch([span("new")])[0])
+        assert wait_for(lambda: [s.model for s in new.drain()] == ["new"])
+    finally:
+        new.close()
+
+
+def test_the_plugin_offers_the_receiver_at_the_configured_path(sock_dir: Path) -> None:
+    pm = make_plugin_manager()
+    assert pm.get_plugin("core.span_socket") is not None
+    path = str(sock_dir / "cfg.sock")
+    config = build_config(
+        pm.config_options(), {"spans": {"socket": path, "max_queue": 7}}, environ={}
+    )
+    sources = pm.collect("infermeter_span_sources", config=config)
+    try:
+        (source,) = [s for s in sources if isinstance(s, SocketReceiver)]
+        assert source.path == path and source.max_queue == 7
+        send(path, encode_batch([span("via-plugin")])[0])
+        assert wait_for(lambda: [s.model for s in source.drain()] == ["via-plugin"])
+        # A second agent on the same socket gets no source, and no exception.
+        assert [
+            s
+            for s in pm.collect("infermeter_span_sources", config=config)
+            if isinstance(s, SocketReceiver)
+        ] == []
+    finally:
+        for s in sources:
+            s.close()

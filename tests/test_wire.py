@@ -1,0 +1,290 @@
+"""The span datagram: round trips, splitting, and strict refusal of anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infermeter import wire
+from infermeter.records import Span
+from infermeter.wire import (
+    MAX_DATAGRAM,
+    MAX_SHORT,
+    MAX_SPANS,
+    MAX_STR,
+    MAX_TAGS,
+    decode_batch,
+    encode_batch,
+)
+
+FULL = Span(
+    pid=4242,
+    model="resnet50",
+    t0=1_795_760_386.2135355,
+    t1=1_795_760_386.2251,
+    items=8,
+    tokens_in=120,
+    tokens_out=33,
+    request_id="req-1",
+    tenant="acme",
+    tags={"team": "vision", "région": "eu-ouest"},
+    framework="torch",
+    device="cuda:0",
+    dtype="bfloat16",
+    parameters=25_557_032,
+)
+MINIMAL = Span(pid=1, model="m", t0=0.0, t1=0.0)
+
+
+def _one(data: list[bytes]) -> bytes:
+    assert len(data) == 1
+    return data[0]
+
+
+def test_round_trip_keeps_every_field() -> None:
+    spans, dropped = decode_batch(_one(encode_batch([FULL, MINIMAL], dropped=17)))
+    assert spans == [FULL, MINIMAL]
+    assert dict(spans[0].tags) == dict(FULL.tags)
+    assert dropped == 17
+
+
+def test_the_format_is_the_documented_one() -> None:
+    doc = json.loads(_one(encode_batch([FULL], dropped=3)))
+    assert doc["v"] == 1 and doc["d"] == 3
+    assert doc["s"][0][: len(wire.FIELDS)] == [
+        4242,
+        "resnet50",
+        FULL.t0,
+        FULL.t1,
+        8,
+        120,
+        33,
+        "req-1",
+        "acme",
+        {"team": "vision", "région": "eu-ouest"},
+        "torch",
+        "cuda:0",
+        "bfloat16",
+        25_557_032,
+    ]
+
+
+def test_pid_given_to_decode_replaces_the_payloads() -> None:
+    spans, _ = decode_batch(_one(encode_batch([FULL])), pid=77)
+    assert [s.pid for s in spans] == [77]
+
+
+def test_dropped_alone_is_one_datagram_and_nothing_is_none() -> None:
+    assert decode_batch(_one(encode_batch([], dropped=100_000))) == ([], 100_000)
+    assert encode_batch([], dropped=0) == []
+
+
+def test_a_large_batch_splits_under_the_limit_and_reports_drops_once() -> None:
+    fat = Span(
+        pid=3,
+        model="x" * MAX_STR,
+        t0=1.0,
+        t1=2.0,
+        tags={f"k{i}": "v" * MAX_STR for i in range(MAX_TAGS)},
+    )
+    spans = [fat] * 40 + [MINIMAL] * (MAX_SPANS + 10)
+    datagrams = encode_batch(spans, dropped=9)
+    assert len(datagrams) >= 3
+    assert all(len(d) <= MAX_DATAGRAM for d in datagrams)
+    decoded = [decode_batch(d) for d in datagrams]
+    assert [s for batch, _ in decoded for s in batch] == spans
+    assert [d for _, d in decoded] == [9] + [0] * (len(datagrams) - 1)
+
+
+def test_the_largest_valid_span_fits_one_datagram() -> None:
+    worst = "\x01" * MAX_STR  # escaped as \u0001: six bytes a character
+    span = Span(
+        pid=wire.MAX_PID,
+        model=worst,
+        t0=1e300,
+        t1=1e300,
+        items=wire.MAX_COUNT,
+        tokens_in=wire.MAX_COUNT,
+        tokens_out=wire.MAX_COUNT,
+        request_id=worst,
+        tenant=worst,
+        tags={"\x01" * (MAX_SHORT - 2) + f"{i:02}": worst for i in range(MAX_TAGS)},
+        framework="\x01" * MAX_SHORT,
+        device="\x01" * MAX_SHORT,
+        dtype="\x01" * MAX_SHORT,
+        parameters=wire.MAX_COUNT,
+    )
+    data = _one(encode_batch([span], dropped=wire.MAX_COUNT))
+    assert len(data) <= MAX_DATAGRAM
+    assert decode_batch(data) == ([span], wire.MAX_COUNT)
+
+
+def test_numpy_numbers_and_str_subclasses_are_converted_not_refused() -> None:
+    from infermeter.records import Framework
+
+    runtime_numbers: dict[str, Any] = {
+        "t0": np.float64(1.5),
+        "t1": np.float32(2.5),
+        "items": np.int64(4),
+    }
+    span = Span(pid=1, model="m", framework=Framework.TORCH, **runtime_numbers)
+    (back,), _ = decode_batch(_one(encode_batch([span])))
+    assert (back.t0, back.t1, back.items, back.framework) == (1.5, 2.5, 4, "torch")
+    assert type(back.items) is int and type(back.framework) is str
+
+
+@pytest.mark.parametrize(
+    ("span", "reason"),
+    [
+        (Span(pid=1, model="m", t0=2.0, t1=1.0), "t1 < t0"),
+        (Span(pid=1, model="m", t0=math.nan, t1=1.0), "finite"),
+        (Span(pid=1, model="m", t0=1.0, t1=math.inf), "finite"),
+        (Span(pid=1, model="", t0=1.0, t1=1.0), "empty model"),
+        (Span(pid=1, model="m" * (MAX_STR + 1), t0=1.0, t1=1.0), "longer than"),
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, items=1.5), "items"),  # type: ignore[arg-type]
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, items=True), "items"),
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, tokens_in=-1), "tokens_in"),
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, tags={"k": 1}), "tag"),  # type: ignore[dict-item]
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, tags={"": "v"}), "empty tag key"),
+        (
+            Span(pid=1, model="m", t0=1.0, t1=1.0, tags={str(i): "v" for i in range(MAX_TAGS + 1)}),
+            "tags",
+        ),
+        (Span(pid=1, model="\ud800", t0=1.0, t1=1.0), "surrogate"),
+    ],
+)
+def test_encode_refuses_what_the_agent_would_refuse(span: Span, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        encode_batch([span])
+
+
+def _raw(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+GOOD = [1, "m", 1.0, 2.0, 1, None, None, None, None, {}, None, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "Expecting value"),
+        (b"\xff\xfe", "utf-8"),
+        (b"[]", "exactly"),
+        (_raw({"v": 1, "d": 0}), "exactly"),
+        (_raw({"v": 1, "d": 0, "s": [], "x": 1}), "exactly"),
+        (b'{"v":1,"d":0,"s":[],"s":[]}', "duplicate"),
+        (_raw({"v": 2, "d": 0, "s": []}), "version"),
+        (_raw({"v": True, "d": 0, "s": []}), "version"),
+        (_raw({"v": 1, "d": -1, "s": []}), "dropped"),
+        (_raw({"v": 1, "d": 1.0, "s": []}), "dropped"),
+        (_raw({"v": 1, "d": 0, "s": {}}), "array"),
+        (_raw({"v": 1, "d": 0, "s": [GOOD[:-1]]}), "14 fields"),
+        (_raw({"v": 1, "d": 0, "s": [[*GOOD[:2], 3.0, 2.0, *GOOD[4:]]]}), "t1 < t0"),
+        (
+            b'{"v":1,"d":0,"s":[[1,"m",NaN,2.0,1,null,null,null,null,{},null,null,null,null]]}',
+            "not a number",
+        ),
+        (
+            b'{"v":1,"d":0,"s":[[1,"m",1e999,1e999,1,null,null,null,null,{},null,null,null,null]]}',
+            "finite",
+        ),
+        (_raw({"v": 1, "d": 0, "s": [[*GOOD[:4], "1", *GOOD[5:]]]}), "items"),
+        (_raw({"v": 1, "d": 0, "s": [[-5, *GOOD[1:]]]}), "pid"),
+        (_raw({"v": 1, "d": 0, "s": [0] * (MAX_SPANS + 1)}), "more than"),
+        (b"[" * 100_000, "over"),
+        (b"[" * 50_000, "nested"),
+        (b'{"v":1,"d":' + b"9" * 5000 + b',"s":[]}', "digits"),
+    ],
+)
+def test_decode_refuses_malformed_datagrams_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode_batch(data)
+
+
+def test_the_good_array_used_above_is_accepted() -> None:
+    spans, dropped = decode_batch(_raw({"v": 1, "d": 5, "s": [GOOD]}))
+    assert spans == [Span(pid=1, model="m", t0=1.0, t1=2.0)] and dropped == 5
+
+
+# ----- properties ------------------------------------------------------------------
+
+_text = st.text(max_size=40)
+_short = st.text(max_size=12)
+_count = st.integers(min_value=0, max_value=wire.MAX_COUNT)
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> Span:
+    t0 = draw(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+    t1 = t0 + draw(st.floats(min_value=0, max_value=1e4, allow_nan=False))
+    return Span(
+        pid=draw(st.integers(min_value=0, max_value=wire.MAX_PID)),
+        model=draw(st.text(min_size=1, max_size=40)),
+        t0=t0,
+        t1=t1,
+        items=draw(_count),
+        tokens_in=draw(st.none() | _count),
+        tokens_out=draw(st.none() | _count),
+        request_id=draw(st.none() | _text),
+        tenant=draw(st.none() | _text),
+        tags=draw(st.dictionaries(st.text(min_size=1, max_size=12), _text, max_size=MAX_TAGS)),
+        framework=draw(st.none() | _short),
+        device=draw(st.none() | _short),
+        dtype=draw(st.none() | _short),
+        parameters=draw(st.none() | _count),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spans(), max_size=30), _count)
+def test_decode_inverts_encode(batch: list[Span], dropped: int) -> None:
+    datagrams = encode_batch(batch, dropped)
+    decoded = [decode_batch(d) for d in datagrams]
+    assert [s for b, _ in decoded for s in b] == batch
+    assert sum(d for _, d in decoded) == dropped
+    assert all(len(d) <= MAX_DATAGRAM for d in datagrams)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_raise_nothing_but_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        decode_batch(data)
+
+
+_scalar = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=20,
+)
+_field = _scalar | st.dictionaries(st.text(max_size=4), _scalar, max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json, st.lists(st.lists(_field, min_size=14, max_size=14), max_size=3))
+def test_random_json_raises_nothing_but_value_error(junk: object, arrays: list[object]) -> None:
+    for doc in (junk, {"v": 1, "d": 0, "s": junk}, {"v": 1, "d": 0, "s": arrays}):
+        try:
+            spans, _ = decode_batch(json.dumps(doc).encode())
+        except ValueError:
+            continue
+        for s in spans:  # whatever passes is a sane span
+            assert math.isfinite(s.t0) and s.t1 >= s.t0 >= 0 and s.model
+
+
+def test_default_socket_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERMETER_SOCKET", "/somewhere/s.sock")
+    assert wire.default_socket_path() == "/somewhere/s.sock"
+    monkeypatch.delenv("INFERMETER_SOCKET")
+    path = Path(wire.default_socket_path())
+    assert path.name == "spans.sock" and path.parent.name.startswith("infermeter")
