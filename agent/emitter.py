@@ -36,6 +36,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from infermeter import context
 from infermeter.records import Span
@@ -94,6 +95,7 @@ class Emitter:
         # Wall clock from the monotonic one: steps of the system clock (NTP,
         # an operator) never reorder or stretch spans.
         self._anchor = time.time() - time.monotonic()
+        self._perf_anchor = time.time() - time.perf_counter()
         self._reset()
         _live.add(self)
 
@@ -102,6 +104,8 @@ class Emitter:
         self.pid = os.getpid()
         self._limit = self.max_buffer  # 0 once closed: every emit then drops
         self._buf: deque[tuple[Span, context.RequestContext | None]] = deque()
+        # emit_call's raw fields, turned into Spans on the sending thread.
+        self._calls: deque[tuple[Any, ...]] = deque()
         self._pending: deque[tuple[Span, context.RequestContext | None, Finished, float]] = deque()
         self._lock = threading.Lock()  # counters only, never held across I/O
         self._send_lock = threading.Lock()  # one pass at a time
@@ -130,6 +134,64 @@ class Emitter:
                 self._drop(CLOSED if self._limit == 0 else BUFFER_FULL)
         except Exception:
             self._drop(ERROR)
+
+    def emit_call(
+        self,
+        model: str,
+        start: float,
+        end: float,
+        items: int,
+        tags: Mapping[str, str],
+        framework: str | None,
+        device: str | None,
+        dtype: str | None,
+        parameters: int | None,
+    ) -> None:
+        try:
+            if self._thread is None:
+                self._start()
+            calls = self._calls
+            if len(calls) < self._limit:
+                calls.append(
+                    (
+                        model,
+                        start,
+                        end,
+                        items,
+                        tags,
+                        framework,
+                        device,
+                        dtype,
+                        parameters,
+                        context.current.get(),
+                    )
+                )
+            else:
+                self._drop(CLOSED if self._limit == 0 else BUFFER_FULL)
+        except Exception:
+            self._drop(ERROR)
+
+    def _spans_of_calls(self, ready: list[tuple[Span, context.RequestContext | None]]) -> None:
+        calls, anchor, pid = self._calls, self._perf_anchor, self.pid
+        for _ in range(len(calls)):
+            model, start, end, items, tags, fw, device, dtype, params, ctx = calls.popleft()
+            try:
+                span = Span(
+                    pid=pid,
+                    model=model,
+                    t0=anchor + start,
+                    t1=anchor + end,
+                    items=int(items),
+                    tags=tags,
+                    framework=fw,
+                    device=device,
+                    dtype=dtype,
+                    parameters=params,
+                )
+            except Exception:
+                self._drop(INVALID)
+                continue
+            ready.append((span, ctx))
 
     def emit_pending(self, span: Span, finished: Finished) -> None:
         try:
@@ -193,6 +255,8 @@ class Emitter:
         buf = self._buf
         for _ in range(len(buf)):
             ready.append(buf.popleft())
+        if self._calls:
+            self._spans_of_calls(ready)
         with self._lock:
             unreported = self._unreported
         if not ready and not unreported:
@@ -322,13 +386,14 @@ class Emitter:
         self._stop.set()
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        elif thread is None and (self._buf or self._pending or self._unreported):
+        elif thread is None and (self._buf or self._calls or self._pending or self._unreported):
             self.flush(max(0.0, deadline - time.monotonic()), final=True)
         if thread is None or not thread.is_alive():
             # Emitted between the last pass and the closing: counted, not lost.
-            left = len(self._buf) + len(self._pending)
+            left = len(self._buf) + len(self._calls) + len(self._pending)
             if left:
                 self._buf.clear()
+                self._calls.clear()
                 self._pending.clear()
                 self._drop(CLOSED, left)
             self._disconnect()

@@ -63,6 +63,9 @@ os.register_at_fork(after_in_child=_after_fork)
 
 # --------------------------------------------------------------------------- spans
 
+# The tags of a call that has none: shared, read-only, never allocated per call.
+NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
+
 SpanFactory = Callable[..., Span]
 _SPAN_ARGS = (
     "pid",

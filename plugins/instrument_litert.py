@@ -41,7 +41,6 @@ from typing import Any
 from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
 from infermeter.plugins import _instrument as base
-from infermeter.plugins._instrument import make_span
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +143,12 @@ def _make_invoke(original: Any) -> Any:
         result = original(self)
         end = perf_counter()
         try:
-            t1 = emitter.wall_time()
             model = _model_of(self)
             batch = model.batch
             if batch is None:
                 batch = model.batch = _input_batch(self)
-            emitter.emit(
-                make_span(
-                    base.PID,
-                    model.name,
-                    t1 - (end - start),
-                    t1,
-                    batch,
-                    {},
-                    FRAMEWORK,
-                    model.device,
-                    None,
-                    None,
-                )
+            emitter.emit_call(
+                model.name, start, end, batch, base.NO_TAGS, FRAMEWORK, model.device, None, None
             )
         except Exception:
             _failed()
@@ -190,24 +177,12 @@ def _make_runner_call(original: Any) -> Any:
         result = original(self, *args, **kwargs)
         end = perf_counter()
         try:
-            t1 = emitter.wall_time()
             model = _model_of(self.__dict__["_interpreter"])
             model.batch = None  # the runner resized the interpreter's inputs
             items = base.leading_dim(next(iter(kwargs.values()))) if kwargs else 1
             tags = {"signature": str(self.__dict__.get("_signature_key"))}
-            emitter.emit(
-                make_span(
-                    base.PID,
-                    model.name,
-                    t1 - (end - start),
-                    t1,
-                    items,
-                    tags,
-                    FRAMEWORK,
-                    model.device,
-                    None,
-                    None,
-                )
+            emitter.emit_call(
+                model.name, start, end, items, tags, FRAMEWORK, model.device, None, None
             )
         except Exception:
             _failed()

@@ -183,8 +183,18 @@ def _make_run(name: str) -> Callable[[Any], Any]:
             result = original(self, *args, **kwargs)
             end = perf_counter()
             try:
-                t1 = emitter.wall_time()
-                _emit(emitter, self, t1 - (end - start), t1, items_of(args, kwargs))
+                described = _session_of(self)
+                emitter.emit_call(
+                    described.name,
+                    start,
+                    end,
+                    items_of(args, kwargs),
+                    base.NO_TAGS,
+                    FRAMEWORK,
+                    described.device,
+                    None,
+                    None,
+                )
             except Exception:
                 _failed()
             return result

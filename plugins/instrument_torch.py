@@ -289,7 +289,6 @@ def _make_call(original: Any, inline: bool) -> Any:
         finally:
             _tls.active = False
         try:
-            t1 = emitter.wall_time()
             if first is not None and (first.dtype is not model.dtype_obj or not first.is_cpu):
                 model.refresh()
             x = args[0] if args else None
@@ -298,19 +297,16 @@ def _make_call(original: Any, inline: bool) -> Any:
                 items = shape[0] if shape else 1
             else:
                 items = _items(args, kwargs)
-            emitter.emit(
-                make_span(
-                    base.PID,
-                    model.name,
-                    t1 - (end - start),
-                    t1,
-                    items,
-                    {},
-                    FRAMEWORK,
-                    model.device,
-                    model.dtype,
-                    model.parameters,
-                )
+            emitter.emit_call(
+                model.name,
+                start,
+                end,
+                items,
+                base.NO_TAGS,
+                FRAMEWORK,
+                model.device,
+                model.dtype,
+                model.parameters,
             )
         except Exception:
             _failed()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from infermeter.records import Span
 
@@ -26,6 +27,34 @@ class MemoryEmitter:
 
     def emit(self, span: Span) -> None:
         self.spans.append(span)
+
+    def emit_call(
+        self,
+        model: str,
+        start: float,
+        end: float,
+        items: int,
+        tags: Mapping[str, str],
+        framework: str | None,
+        device: str | None,
+        dtype: str | None,
+        parameters: int | None,
+    ) -> None:
+        # perf_counter and monotonic are one clock (CLOCK_MONOTONIC) on Linux.
+        self.spans.append(
+            Span(
+                pid=os.getpid(),
+                model=model,
+                t0=self._offset + start,
+                t1=self._offset + end,
+                items=items,
+                tags=dict(tags),
+                framework=framework,
+                device=device,
+                dtype=dtype,
+                parameters=parameters,
+            )
+        )
 
     def emit_pending(self, span: Span, finished: Callable[[], float | None]) -> None:
         self.pending.append((span, finished))

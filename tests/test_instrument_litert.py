@@ -150,6 +150,9 @@ def test_instrumentation_failures_never_reach_the_application() -> None:
         def emit(self, span: object) -> None:
             raise RuntimeError("emitter is broken")
 
+        def emit_call(self, *args: object) -> None:
+            raise RuntimeError("emitter is broken")
+
     plugin.patch(BrokenEmitter())
     before = plugin.errors
     interp = litert.Interpreter(model_path=str(MODEL))

@@ -184,6 +184,9 @@ def test_instrumentation_failures_never_reach_the_application(model_path: Path) 
         def wall_time(self) -> float:
             raise RuntimeError("clock is broken")
 
+        def emit_call(self, *args: object) -> None:
+            raise RuntimeError("emitter is broken")
+
     plugin.patch(BrokenEmitter())
     before = plugin.errors
     [y] = session(model_path).run(None, {"x": np.ones((1, 4), np.float32)})

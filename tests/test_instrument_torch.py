@@ -182,6 +182,9 @@ def test_instrumentation_failures_never_reach_the_application() -> None:
         def emit(self, span: object) -> None:
             raise RuntimeError("emitter is broken")
 
+        def emit_call(self, *args: object) -> None:
+            raise RuntimeError("emitter is broken")
+
     instrument_torch.patch(BrokenEmitter())
     before = instrument_torch.errors
     model = mlp()
