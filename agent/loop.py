@@ -151,7 +151,7 @@ class Agent:
             return
         before = self.spans_dropped.get(source.name, 0)
         if dropped > before:
-            by_sender = getattr(source, "sender_dropped", dict)()
+            by_sender: dict[int, int] = getattr(source, "sender_dropped", dict)()
             log.warning(
                 "%d spans dropped (%s in all, by sender pid: %s)",
                 dropped - before,

@@ -66,9 +66,13 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=60)
     ap.add_argument("--targets", type=int, default=50)
     ap.add_argument("--profile", type=int, default=0, help="profile N ticks instead")
-    ap.add_argument("--settle", type=float, default=65.0,
-                    help="seconds to tick before measuring: discovery re-asks processes "
-                    "younger than a minute, which a long-running agent rarely meets")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=65.0,
+        help="seconds to tick before measuring: discovery re-asks processes "
+        "younger than a minute, which a long-running agent rarely meets",
+    )
     args = ap.parse_args()
 
     # Idle Python processes named by the mark (a rule makes them targets).
@@ -83,10 +87,13 @@ def main() -> None:
             {"discovery": {"rules": [{"cmdline": MARK, "labels": {"model": "bench"}}]}},
             environ={},
         )
+        rss_before_trace = psutil.Process().memory_info().rss
         standin = NvmlStandIn.from_trace(TRACE)
+        trace_mb = (psutil.Process().memory_info().rss - rss_before_trace) / 2**20
         gpu: Meter = OnThisClock(ReplayNvmlMeter(standin), standin.start_t + 5.0)
-        cpu = [m for m in pm.collect("infermeter_meters", config=config)
-               if m.name == "cpu_estimate"]
+        cpu = [
+            m for m in pm.collect("infermeter_meters", config=config) if m.name == "cpu_estimate"
+        ]
         db = Path(tempfile.mkdtemp()) / "bench.db"
         engine = open_engine(f"sqlite:///{db}")
         migrate.upgrade(engine)
@@ -138,8 +145,15 @@ def main() -> None:
     print(f"tick CPU, median         {statistics.median(per_tick_ms):.2f} ms")
     print(f"tick CPU, p99            {per_tick_ms[int(0.99 * (len(per_tick_ms) - 1))]:.2f} ms")
     print(f"process CPU, all threads {100 * cpu_used / wall:.3f} % of one core")
-    print(f"resident memory          {rss / 2**20:.1f} MB (at start of ticks "
-          f"{rss_start / 2**20:.1f} MB)")
+    print(
+        f"resident memory          {rss / 2**20:.1f} MB (at start of ticks "
+        f"{rss_start / 2**20:.1f} MB)"
+    )
+    print(
+        f"  of which the recording  {trace_mb:.1f} MB (held by the NVML stand-in; a live "
+        f"agent has none)"
+    )
+    print(f"  agent alone            {rss / 2**20 - trace_mb:.1f} MB")
     print("goal: under 0.3 % of one core and 60 MB", file=sys.stderr)
 
 

@@ -49,7 +49,9 @@ def known_revisions() -> tuple[frozenset[str], str | None]:
     """Every revision this infermeter ships, and its newest, from the files alone."""
     revisions: dict[str, str | None] = {}
     for path in (Path(SCRIPT_LOCATION) / "versions").glob("*.py"):
-        fields = dict(m.groups() for m in _REVISION_LINE.finditer(path.read_text()))
+        fields: dict[str, str] = {
+            m.group(1): m.group(2) for m in _REVISION_LINE.finditer(path.read_text())
+        }
         if "revision" in fields:
             down = fields.get("down_revision")
             revisions[fields["revision"]] = None if down in (None, "None") else down
