@@ -24,7 +24,8 @@ runtime, calls, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if runtime == "torch":
     import torch
     torch.set_num_threads(1)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 8))
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 8))
     model.infermeter_name = "tiny-mlp"
     x = torch.ones(batch, 512)
     def call():
@@ -150,3 +151,78 @@ def test_three_runtimes_reach_the_store(tmp_path: Path, cli_env: dict[str, str])
             assert energy > 0, f"{name}: the calls drew no energy"
         assert frameworks[pid] == framework
     assert tenants["torch-1"] == "acme" and tenants["torch-2"] == "globex"
+
+
+LOOP_100K = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1])
+it.allocate_tensors()
+inp = it.get_input_details()[0]
+it.set_tensor(inp["index"], np.ones(inp["shape"], inp["dtype"]))
+for _ in range(100_000):
+    it.invoke()
+print("looped", flush=True)
+go = Path(sys.argv[2])
+while not go.exists():  # stay up until the agent is back, as a server would
+    time.sleep(0.05)
+time.sleep(3)
+"""
+
+
+def test_agent_away_100k_calls_then_the_agent_hears_of_100k_drops(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    sock = tmp_path / "run" / "spans.sock"
+    sock.parent.mkdir()
+    env = {**cli_env, "INFERMETER_SOCKET": str(sock)}
+    go = tmp_path / "agent-is-back"
+    app = subprocess.Popen(
+        [
+            *infermeter_cmd(),
+            "exec",
+            "--",
+            sys.executable,
+            "-c",
+            LOOP_100K,
+            str(FIXTURES / "models" / "tiny_fc.tflite"),
+            str(go),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert app.stdout is not None
+    assert app.stdout.readline().strip() == "looped", app.stderr
+    config = tmp_path / "agent.toml"
+    config.write_text("[agent]\ntick_s = 0.2\nflush_s = 0.4\n")
+    agent = subprocess.Popen(
+        [
+            *infermeter_cmd(),
+            "--config",
+            str(config),
+            "--db",
+            f"sqlite:///{tmp_path / 's.db'}",
+            "run",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        go.touch()
+        _, app_err = app.communicate(timeout=60)
+        assert app.returncode == 0, app_err
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=20)
+    assert agent.returncode == 0, err
+    assert f"by sender pid: {{{app.pid}: 100000}}" in err, err
