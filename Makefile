@@ -12,13 +12,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet '.[postgres]'
+	$(BIN)/pip install --quiet '.[postgres,demo]'
 
 setup-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test,dev]'
 
-# Set up and run the agent on the embedded store (SQLite in the data directory).
+# Set up, show the demo, then run the agent on the embedded store (SQLite in
+# the data directory) in the foreground.
 run: setup
+	$(BIN)/infermeter demo
 	$(BIN)/infermeter run
 
 # Set up and run the whole test suite (PostgreSQL tests skip when no server answers).

@@ -253,12 +253,19 @@ class Agent:
             self._pending_readings.popleft()
 
     def rollup(self, now: float | None = None) -> int:
+        """Hourly rollups of shares, then of requests, device busy time and weight basis."""
+        from infermeter.store.request_rollup import rollup_store
+
         if self.store is None:
             return 0
         now = time.time() if now is None else now
         since = self.store.get_state("rollup_until")
         since = float(since) - 3600 if since is not None else 0.0
         rows = self.store.rollup(since, now)
+        # Rows of the last seconds may still be on their way: a flush leaves
+        # span_lag_s unattributed and a flush comes every flush_s.
+        lag_s = float(self.config["agent.span_lag_s"]) + 2 * float(self.config["agent.flush_s"])
+        rows += rollup_store(self.store, since, now, lag_s)
         self.store.set_state("rollup_until", now)
         return rows
 
@@ -270,7 +277,26 @@ class Agent:
         return self.store.prune(now - keep_s)
 
     def recommend(self, now: float | None = None) -> int:
-        recs = self.pm.collect("infermeter_recommend", stats={}, config=self.config)
+        """Run the recommenders over the recommend window ending now; store what they say.
+
+        The devices this agent meters are passed along, so power-cap advice
+        can use the range NVML reported rather than a table.
+        """
+        if self.store is None:
+            return 0
+        from infermeter import recommend  # only this job needs the stats builder
+
+        now = time.time() if now is None else now
+        recs = recommend.run(
+            self.store.engine,
+            self.store.host,
+            self.config,
+            self.pm,
+            self.card,
+            until=now,
+            live_devices=dict(self.devices),
+            now=now,
+        )
         return len(recs)
 
     def current_targets(self) -> Iterable[Target]:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -52,11 +52,28 @@ class TimeOfUse:
 
 @dataclass(frozen=True, slots=True)
 class DeviceRate:
-    """What one kind of device costs per hour, matched on its product name."""
+    """What one kind of device costs per hour, matched on its product name.
+
+    The optional figures describe the card itself, so that advice can name a
+    cheaper card that would still fit what was measured (right-size) or an
+    edge device to move a small model to: its memory, its board power, its
+    dense 16-bit tensor throughput and its memory bandwidth, from the
+    vendor's datasheet. ``name`` is how advice calls it.
+    """
 
     pattern: str  # a regular expression searched in Device.name
     hourly: float  # per device-hour (for a CPU: per core-hour x cores, see below)
     basis: str  # "cloud" | "amortised"
+    name: str = ""
+    memory_gb: float | None = None
+    tdp_w: float | None = None
+    tflops: float | None = None  # dense BF16/FP16 tensor TFLOPS
+    memory_bw_gbps: float | None = None
+    edge: bool = False  # an edge device (a place to move to), not a server card
+
+    @property
+    def label(self) -> str:
+        return self.name or self.pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +100,17 @@ class PriceCard:
                 return period.per_kwh
         return self.electricity_per_kwh
 
-    def hourly_rate(self, device: Device) -> float | None:
+    def device_rate(self, name: str) -> DeviceRate | None:
+        """The first entry whose pattern is found in a product name."""
         for rate in self.device_rates:
-            if re.search(rate.pattern, device.name):
-                return rate.hourly
+            if re.search(rate.pattern, name):
+                return rate
+        return None
+
+    def hourly_rate(self, device: Device) -> float | None:
+        rate = self.device_rate(device.name)
+        if rate is not None:
+            return rate.hourly
         if device.kind in (DeviceKind.CPU, DeviceKind.CPU_PACKAGE) and self.cpu_core_hour:
             cores = device.cores or 0
             return self.cpu_core_hour * cores if cores else None
@@ -126,9 +150,53 @@ CARD_OPTIONS: tuple[Option, ...] = (
     Option(
         "prices",
         "devices",
-        {"H100": {"cloud_hourly": 3.0}},
-        "Per-device rates keyed by a "
-        "regex of the device name: {cloud_hourly} or {purchase, years, upkeep_per_year}.",
+        {
+            "H100": {
+                "cloud_hourly": 3.0,
+                "name": "NVIDIA H100 SXM 80GB",
+                "memory_gb": 80,
+                "tdp_w": 700,
+                "tflops": 989,
+                "memory_bw_gbps": 3350,
+            },
+            "L40S": {
+                "cloud_hourly": 1.861,
+                "name": "NVIDIA L40S",
+                "memory_gb": 48,
+                "tdp_w": 350,
+                "tflops": 362,
+                "memory_bw_gbps": 864,
+            },
+            "A10G": {
+                "cloud_hourly": 1.006,
+                "name": "NVIDIA A10G",
+                "memory_gb": 24,
+                "tdp_w": 150,
+                "tflops": 70,
+                "memory_bw_gbps": 600,
+            },
+            r"\bL4\b": {
+                "cloud_hourly": 0.8048,
+                "name": "NVIDIA L4",
+                "memory_gb": 24,
+                "tdp_w": 72,
+                "tflops": 121,
+                "memory_bw_gbps": 300,
+            },
+            "Orin Nano": {
+                "purchase": 499,
+                "years": 3,
+                "name": "NVIDIA Jetson Orin Nano 8GB",
+                "memory_gb": 8,
+                "tdp_w": 15,
+                "tflops": 10,
+                "memory_bw_gbps": 68,
+                "edge": True,
+            },
+        },
+        "Per-device rates keyed by a regex of the device name: {cloud_hourly} or "
+        "{purchase, years, upkeep_per_year}, and optionally what the card is "
+        "{name, memory_gb, tdp_w, tflops, memory_bw_gbps, edge} for advice that names cards.",
         dict,
     ),
 )
@@ -150,6 +218,29 @@ def _number(table: Mapping[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
+_CARD_FIGURES = ("memory_gb", "tdp_w", "tflops", "memory_bw_gbps")
+
+
+def _describe(rate: DeviceRate, table: Mapping[str, Any], where: str) -> DeviceRate:
+    """The optional figures of a device entry: what the card is, not what it costs."""
+    name = table.get("name", "")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key `{where}.name` must be a string, not {name!r}")
+    edge = table.get("edge", False)
+    if not isinstance(edge, bool):
+        raise ConfigError(f"config key `{where}.edge` must be true or false, not {edge!r}")
+    figures = {k: _number(table, k, where) for k in _CARD_FIGURES if k in table}
+    return replace(
+        rate,
+        name=name,
+        edge=edge,
+        memory_gb=figures.get("memory_gb"),
+        tdp_w=figures.get("tdp_w"),
+        tflops=figures.get("tflops"),
+        memory_bw_gbps=figures.get("memory_bw_gbps"),
+    )
+
+
 def _device_rate(pattern: str, table: Any) -> DeviceRate:
     where = f"prices.devices.{pattern}"
     if not isinstance(table, dict):
@@ -159,7 +250,8 @@ def _device_rate(pattern: str, table: Any) -> DeviceRate:
     except re.error as e:
         raise ConfigError(f"config key `{where}`: not a valid regex: {e}") from None
     if "cloud_hourly" in table:
-        return DeviceRate(pattern, _number(table, "cloud_hourly", where), "cloud")
+        rate = DeviceRate(pattern, _number(table, "cloud_hourly", where), "cloud")
+        return _describe(rate, table, where)
     if "purchase" in table:
         purchase = _number(table, "purchase", where)
         years = _number(table, "years", where) if "years" in table else 4.0
@@ -167,7 +259,7 @@ def _device_rate(pattern: str, table: Any) -> DeviceRate:
         if years <= 0:
             raise ConfigError(f"config key `{where}.years` must be > 0")
         hourly = (purchase / years + upkeep) / (365.25 * 24)
-        return DeviceRate(pattern, hourly, "amortised")
+        return _describe(DeviceRate(pattern, hourly, "amortised"), table, where)
     raise ConfigError(f"config key `{where}` needs cloud_hourly or purchase")
 
 

@@ -89,6 +89,9 @@ class Device:
     parent_uid: str | None = None  # the physical GPU of a MIG instance
     cores: int | None = None  # logical CPUs, for a CPU device (core-hour pricing)
     compute_capability: tuple[int, int] | None = None  # a GPU's (major, minor)
+    # The power limits the driver accepts (NVML's constraints), for power-cap advice.
+    min_power_limit_w: float | None = None
+    max_power_limit_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,18 +166,26 @@ class Share:
 
 @dataclass(frozen=True, slots=True)
 class Savings:
-    """A monthly saving with its range; the point estimate lies inside it."""
+    """A monthly saving with its range; the point estimate lies inside it.
+
+    ``usd`` is in the price card's currency. The energy and carbon ranges are
+    optional (None: the same relative range as the money).
+    """
 
     usd: float
     usd_low: float
     usd_high: float
     kwh: float
     kgco2e: float
+    kwh_low: float | None = None
+    kwh_high: float | None = None
+    kgco2e_low: float | None = None
+    kgco2e_high: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    kind: str  # batch | quantize | move-to-cpu | right-size | release-idle | power-cap
+    kind: str  # batch | quantize | move-to-cpu | right-size | keep-warm | power-cap
     subject_kind: str  # model | target | device | host
     subject: str
     evidence: Mapping[str, Any] = field(hash=False)

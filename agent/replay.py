@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PROCESSES_FILE = "processes.jsonl"
 META_FILE = "meta.json"
+WORKLOAD_FILE = "workload.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,13 @@ def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
 
 
 def recorded_spans(trace_dir: Path) -> list[Span]:
+    """Every span a trace recorded: per-request spans, then the workload's phases."""
+    spans = [*request_spans(trace_dir), *workload_spans(trace_dir)]
+    spans.sort(key=lambda s: s.t0)
+    return spans
+
+
+def request_spans(trace_dir: Path) -> list[Span]:
     """Every request of ``spans_*.jsonl``: a header line, then [i, due, start, end, items]."""
     spans: list[Span] = []
     for path in sorted(trace_dir.glob("spans_*.jsonl")):
@@ -102,7 +110,48 @@ def recorded_spans(trace_dir: Path) -> list[Span]:
                     dtype=dtype,
                 )
             )
-    spans.sort(key=lambda s: s.t1)
+    return spans
+
+
+def workload_spans(trace_dir: Path) -> list[Span]:
+    """One span per phase of ``workload.json``: the workload's own record of its calls.
+
+    The benchmark that made the trace wrote, per phase, its process, model,
+    dtype, batch size, the exact window, how many synchronous calls it made
+    back to back and their latency percentiles, but not each call. One span
+    covering the window with all the phase's items is therefore coarser than
+    per-call spans: the energy of the window goes to the phase as a whole
+    (no overhead between calls), and what a call looks like is in the tags:
+    ``calls`` and ``batch`` (so a reader can recover the calls' batch-size
+    histogram), ``p50_ms``/``p99_ms`` (the recorded latency of one call), and
+    ``dtype``, because one process ran one model name at two precisions and
+    the store keeps one dtype per model name. Phases without a process (the
+    idle one) or without calls are not spans.
+    """
+    path = trace_dir / WORKLOAD_FILE
+    if not path.is_file():
+        return []
+    spans: list[Span] = []
+    for phase in json.loads(path.read_text()):
+        if phase.get("pid") is None or not phase.get("model") or not phase.get("calls"):
+            continue
+        tags = {"calls": str(int(phase["calls"])), "batch": str(int(phase["bs"]))}
+        if phase.get("dtype"):
+            tags["dtype"] = str(phase["dtype"])
+        for key, tag in (("lat_p50_ms", "p50_ms"), ("lat_p99_ms", "p99_ms")):
+            if phase.get(key) is not None:
+                tags[tag] = repr(float(phase[key]))
+        spans.append(
+            Span(
+                pid=int(phase["pid"]),
+                model=str(phase["model"]),
+                t0=float(phase["t0"]),
+                t1=float(phase["t1"]),
+                items=int(phase["items"]),
+                tags=tags,
+                dtype=str(phase["dtype"]) if phase.get("dtype") else None,
+            )
+        )
     return spans
 
 
@@ -151,16 +200,20 @@ def replay(
     t_end = max(float(w[1]) for w in windows)
     host = store.host if store is not None else trace_host(trace_dir)
     targets = replay_targets(trace_dir, config, pm, host)
-    agent = Agent(config, pm, store, meters=meters, targets=targets_at(targets))
+    # The trace's spans are fed below; a replay never listens on the live socket.
+    agent = Agent(config, pm, store, meters=meters, targets=targets_at(targets), span_sources=[])
     agent.start()
     spans = recorded_spans(trace_dir)
     next_span = 0
 
     def deliver_spans(now: float) -> None:
-        # Spans reach the agent once they have ended, as they would live.
+        # A trace knows every span in advance: each reaches the agent when it
+        # starts, so even a span longer than the span lag (a workload phase)
+        # is there when its first interval is attributed. Live, spans arrive
+        # when they end and the lag covers the short ones.
         nonlocal next_span
         start = next_span
-        while next_span < len(spans) and spans[next_span].t1 <= now:
+        while next_span < len(spans) and spans[next_span].t0 <= now:
             next_span += 1
         if next_span > start:
             agent.add_spans(spans[start:next_span])

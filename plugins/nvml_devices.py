@@ -90,6 +90,10 @@ def describe(nvml: Any, handle: Any, index: int) -> Device:
     limit_mw = _optional(nvml.nvmlDeviceGetPowerManagementLimit, handle)
     limit_w = limit_mw / 1000.0 if limit_mw else None
     idle, keepwarm = baseline_for(name, limit_w)
+    capability = _optional(nvml.nvmlDeviceGetCudaComputeCapability, handle)
+    # The range a power cap may be set in: power-cap advice stays inside it.
+    constraints = _optional(nvml.nvmlDeviceGetPowerManagementLimitConstraints, handle)
+    low_w, high_w = (c / 1000.0 for c in constraints) if constraints else (None, None)
     return Device(
         uid=uuid,
         kind=DeviceKind.GPU,
@@ -99,6 +103,9 @@ def describe(nvml: Any, handle: Any, index: int) -> Device:
         power_limit_w=limit_w,
         idle_power_w=idle,
         keepwarm_power_w=keepwarm,
+        compute_capability=(int(capability[0]), int(capability[1])) if capability else None,
+        min_power_limit_w=low_w,
+        max_power_limit_w=high_w,
     )
 
 
@@ -151,6 +158,7 @@ def mig_views(nvml: Any, handle: Any, parent: Device) -> tuple[View, ...]:
             idle_power_w=_scaled(parent.idle_power_w, fraction),
             keepwarm_power_w=_scaled(parent.keepwarm_power_w, fraction),
             parent_uid=parent.uid,
+            compute_capability=parent.compute_capability,  # a slice of the same chip
         )
         views.append(View(mig, device, fraction))
     return tuple(views)

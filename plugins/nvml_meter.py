@@ -42,6 +42,11 @@ utilisation is unavailable the split is by ``usedGpuMemory`` from
 ``nvmlDeviceGetComputeRunningProcesses`` ("gpu-memory"), else equal among the
 holders ("equal"). Holders are every pid that call listed in the interval.
 
+Memory. Each reading carries the peak, over the interval's polls, of the
+sum of the listed processes' ``usedGpuMemory`` (what the inference processes
+hold, without the driver's own reserve that ``nvmlDeviceGetMemoryInfo``
+counts): right-size advice compares it with the card's memory.
+
 Errors. Every NVML error degrades only what it touches and is logged once per
 device and reason; errors that will not go away (NotSupported, NoPermission,
 FunctionNotFound) switch that source off for good. A GPU with no energy
@@ -245,10 +250,13 @@ class NvmlMeter:
                 why(e),
             )
             return
+        used = [int(p.usedGpuMemory) for p in procs if p.usedGpuMemory is not None]
         for p in procs:
             seen.holders.add(int(p.pid))
             if p.usedGpuMemory is not None:
                 seen.memory[int(p.pid)] = int(p.usedGpuMemory)
+        if used or not procs:  # no process listed: none holds memory
+            seen.memory_peak = max(seen.memory_peak or 0, sum(used))
 
     # -- reading ----------------------------------------------------------
 
@@ -411,6 +419,7 @@ class NvmlMeter:
                         weight_basis=basis,
                         holders=frozenset(seen.holders),
                         busy_fraction=None if g.gpu.mig else p.busy,
+                        memory_used_bytes=seen.memory_peak,
                         note=note,
                     )
                 )

@@ -21,6 +21,9 @@ What it answers, from the rows of nvml_trace:
   from the time its row was recorded, not from its own timestamp, which runs
   on NVML's clock and was seen up to 185 ms earlier and 15 ms later;
 - context holders: the ``procs`` of the row at or before now.
+- compute capability and power-limit constraints, which the traces do not
+  record: from a small table by product name (``PRODUCTS``), NotSupported
+  for a product not in it.
 
 MIG is not in the recordings; ``mig`` configures instances over a recorded
 GPU, and the stand-in then behaves as NVML documents for MIG mode: energy,
@@ -69,6 +72,22 @@ from infermeter.plugins.nvml_trace import (
 from infermeter.records import Reading, Target
 
 MIG_SLOTS = 7  # an H100 offers up to seven instances
+
+# What the traces do not record per GPU, answered by product name: (substring
+# of the name, CUDA compute capability, power-limit constraints in mW). The
+# H100 figures are what NVML said on the fixtures' card (nvml_api.json:
+# nvmlDeviceGetCudaComputeCapability (9, 0),
+# nvmlDeviceGetPowerManagementLimitConstraints [200000, 700000]).
+PRODUCTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
+    ("H100", (9, 0), (200_000, 700_000)),
+)
+
+
+def _product(name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    for needle, capability, constraints in PRODUCTS:
+        if needle.lower() in name.lower():
+            return capability, constraints
+    return None
 
 
 class Clock:
@@ -252,6 +271,20 @@ class NvmlStandIn:
         if handle.mig is not None or gpu.identity.power_limit_mw is None:
             raise pynvml.NVMLError_NotSupported()
         return gpu.identity.power_limit_mw
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: Handle) -> list[int]:
+        gpu = self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        known = _product(gpu.identity.name)
+        if handle.mig is not None or known is None:
+            raise pynvml.NVMLError_NotSupported()
+        return list(known[1])
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: Handle) -> tuple[int, int]:
+        gpu = self._gpu("nvmlDeviceGetCudaComputeCapability", handle)
+        known = _product(gpu.identity.name)
+        if known is None:
+            raise pynvml.NVMLError_NotSupported()
+        return known[0]
 
     # -- MIG -------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ class Seen:
     sm_ok: bool = False  # process utilisation answered (samples or NotFound)
     memory: dict[int, int] = field(default_factory=dict)  # pid -> usedGpuMemory
     holders: set[int] = field(default_factory=set)
+    # Peak over the polls of the sum of the processes' usedGpuMemory; None
+    # when no poll could list them (or NVML hid every process's memory).
+    memory_peak: int | None = None
 
 
 @dataclass(slots=True)

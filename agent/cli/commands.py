@@ -1,4 +1,5 @@
-"""Registers every command module on the group (one module per command family)."""
+"""Imports every command module, registering them all at once (the CLI itself
+loads each lazily, see COMMAND_MODULES; tests and doc tools use this)."""
 
 from infermeter.cli import (  # noqa: F401
     config_cmd,

@@ -1,1 +1,194 @@
-"""Placeholder: filled in by the work on issue 5/6."""
+"""``infermeter recommend`` and ``infermeter apply``: ranked advice, and acting on it with consent.
+
+``recommend`` runs the recommenders over each host's newest window (as the
+daemon's recommend job does), stores what they say, and lists the open
+advice ranked by monthly saving: a rich table, or ``--json``. ``--dismiss
+ID`` hides one for good (it stays dismissed when the same advice comes
+back). ``apply ID`` explains what it would do; only ``--yes`` does it: for a
+power cap that is setting the limit through NVML, for any other kind it is
+marking the advice applied (the change itself is the operator's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import click
+import pynvml
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from infermeter import recommend as recommend_step
+from infermeter.cli import App, cli, pass_app
+from infermeter.daemon import open_store
+from infermeter.pricing import card_or_none
+from infermeter.recommend_store import StoredRecommendation, find, listing, set_status
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _seconds(text: str) -> float:
+    m = _DURATION.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 24h, 7d")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def nvml_module() -> Any:
+    """The NVML the apply command talks to (a seam for tests: the stand-in)."""
+    return pynvml
+
+
+def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
+    """The ranked table, then per advice its subject, why and how to apply it.
+
+    The subject goes in the table only on a wide console: on 80 columns it
+    would squeeze every figure into a fold, so it heads the advice's lines.
+    """
+    if not recs:
+        console.print("no recommendations: nothing measured suggests a change (or too little data)")
+        return
+    wide = console.width >= 120
+    currency = str(recs[0].recommendation.evidence.get("currency", "USD"))
+    table = Table(
+        title="Recommendations, ranked by saving per month",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    if wide:
+        table.add_column("subject", overflow="fold")
+    table.add_column(f"{currency}/month", justify="right", no_wrap=True)
+    table.add_column("range", justify="right", no_wrap=True)
+    table.add_column("kWh", justify="right", no_wrap=True)
+    table.add_column("kgCO2e", justify="right", no_wrap=True)
+    table.add_column("confidence", no_wrap=True)
+    for rank, stored in enumerate(recs, 1):
+        r = stored.recommendation
+        s = r.savings
+        status = "" if stored.status == "open" else f" ({stored.status})"
+        cells = [str(rank), stored.stable_id[:8], r.kind + status]
+        if wide:
+            cells.append(r.subject)
+        cells += [
+            f"{s.usd:,.2f}",
+            f"{s.usd_low:,.0f}-{s.usd_high:,.0f}",
+            f"{s.kwh:,.1f}",
+            f"{s.kgco2e:,.1f}",
+            r.confidence,
+        ]
+        table.add_row(*cells)
+    console.print(table)
+    for stored in recs:
+        r = stored.recommendation
+        # Plugins write these texts: print them as text, never as rich markup.
+        console.print(Text.assemble((stored.stable_id[:8], "bold"), f" {r.kind} on {r.subject}"))
+        console.print(f"  why: {r.confidence} confidence, {r.confidence_reason}", markup=False)
+        console.print(f"  how: {r.how_to_apply}", markup=False)
+    console.print(str(recs[0].recommendation.evidence.get("extrapolation", "")), style="dim")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON: every field and the evidence.")
+@click.option(
+    "--dismiss", metavar="ID", help="Dismiss one recommendation (id or its first 4+ characters)."
+)
+@click.option("--all", "show_all", is_flag=True, help="Also list dismissed and applied advice.")
+@click.option("--host", help="Only this host (default: every host in the store).")
+@click.option(
+    "--window", metavar="DURATION", help="Window to judge, e.g. 24h (default: recommend.window_s)."
+)
+@click.option(
+    "--no-refresh", is_flag=True, help="List what is stored; do not run the recommenders."
+)
+@pass_app
+def recommend(
+    app: App,
+    as_json: bool,
+    dismiss: str | None,
+    show_all: bool,
+    host: str | None,
+    window: str | None,
+    no_refresh: bool,
+) -> None:
+    """Ranked changes that would save money, each with its evidence."""
+    app.setup_logging()
+    store, _ = open_store(app.config, lock=False)
+    engine = store.engine
+    try:
+        if dismiss is not None:
+            done = set_status(engine, dismiss, "dismissed")
+            r = done.recommendation
+            click.echo(f"dismissed {done.stable_id} ({r.kind} on {r.subject})")
+            return
+        config = app.config
+        if window is not None:
+            config = replace(
+                config, values={**config.values, "recommend.window_s": _seconds(window)}
+            )
+        if not no_refresh:
+            card = card_or_none(config)
+            for name in [host] if host else recommend_step.hosts(engine):
+                recommend_step.run(engine, name, config, app.pm, card)
+        statuses = ("open", "dismissed", "applied") if show_all else ("open",)
+        recs = listing(engine, statuses, host=host)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in recs], indent=2, default=str))
+        return
+    render(recs, Console(highlight=False))
+
+
+@cli.command("apply")
+@click.argument("ident", metavar="ID")
+@click.option("--yes", is_flag=True, help="Consent: make the change now.")
+@pass_app
+def apply_cmd(app: App, ident: str, yes: bool) -> None:
+    """Apply one recommendation; without --yes, only say what would be done.
+
+    A power cap is set through NVML on this host (it needs root and the GPU
+    the advice names); any other kind is the operator's change, and --yes
+    marks it applied.
+    """
+    app.setup_logging()
+    store, _ = open_store(app.config, lock=False)
+    engine = store.engine
+    try:
+        stored = find(engine, ident)
+        r = stored.recommendation
+        if r.kind == "power-cap":
+            uid = str(r.evidence.get("device_uid", ""))
+            watts = float(r.evidence.get("suggested_limit_w", 0.0))
+            now_w = r.evidence.get("power_limit_w")
+            if not yes:
+                click.echo(
+                    f"would set the power limit of GPU {uid} to {watts:g} W (now {now_w} W). "
+                    "Nothing was set: rerun with --yes to set it."
+                )
+                return
+            # The setter lives with the advice it acts on; only this path needs it.
+            from infermeter.plugins.recommend_powercap import apply_power_cap
+
+            got = apply_power_cap(nvml_module(), uid, watts)
+            set_status(engine, stored.stable_id, "applied")
+            click.echo(f"set the power limit of GPU {uid} to {got:g} W; {stored.stable_id} applied")
+            return
+        if not yes:
+            click.echo(f"{r.kind} on {r.subject}: {r.how_to_apply}")
+            click.echo("This change is yours to make; rerun with --yes to mark it applied.")
+            return
+        set_status(engine, stored.stable_id, "applied")
+        click.echo(f"marked {stored.stable_id} applied ({r.kind} on {r.subject})")
+    finally:
+        store.close()

@@ -1,1 +1,376 @@
-"""Placeholder: filled in by the work on issue 5/6."""
+"""``infermeter report``: what inference cost, per model, tenant, target, device or host.
+
+The numbers come from infermeter.report (pure data); this module only
+parses the options and renders: rich tables that fit 80 columns (no colour
+when the output is not a terminal), ``--json`` (docs/report.json.md) or
+``--csv``. Money the price card could not price is printed "unpriced",
+never 0; a figure that leaves some energy unpriced carries a "*".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import Engine
+
+from infermeter.cli import App, cli, pass_app
+from infermeter.errors import StoreError
+from infermeter.report import GROUPINGS, Amount, Report, build_report
+from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.store import migrate
+from infermeter.store.engine import open_engine, redact
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SYMBOL = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+
+
+# ----- options ------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """'90m', '24h', '7d', '2w', '30s' -> seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise click.BadParameter(
+            f"{text!r} is not a duration like 90m, 24h, 7d", param_hint="--since"
+        )
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def parse_time(text: str, hint: str) -> float:
+    """ISO 8601 (UTC unless it carries an offset) or seconds since the epoch."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a time: use ISO 8601 (2026-11-27T06:00) or epoch seconds",
+            param_hint=hint,
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def time_range(
+    since: str | None, t_from: str | None, t_to: str | None, now: float
+) -> tuple[float, float]:
+    if since is not None and t_from is not None:
+        raise click.UsageError("give --since or --from, not both")
+    end = parse_time(t_to, "--to") if t_to is not None else now
+    if t_from is not None:
+        start = parse_time(t_from, "--from")
+    else:
+        start = end - parse_duration(since or "24h")
+    if start >= end:
+        raise click.UsageError("the range is empty: --from must be before --to")
+    return start, end
+
+
+def open_for_reading(url: str) -> Engine:
+    """The store's engine, refusing an empty or out-of-date schema in one line."""
+    engine = open_engine(url)
+    rev = migrate.check_schema_known(engine)
+    if rev is None:
+        engine.dispose()
+        raise StoreError(
+            f"store {redact(url)} is empty: run the agent (infermeter run) or infermeter replay"
+        )
+    if rev != migrate.head_revision():
+        engine.dispose()
+        raise StoreError(
+            f"store {redact(url)} is at schema {rev}, older than this infermeter's "
+            f"{migrate.head_revision()}: run infermeter db upgrade (or restart the agent)"
+        )
+    return engine
+
+
+# ----- formatting ---------------------------------------------------------------
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """A number with ``digits`` significant figures, thousands separated, short exponents."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 10**digits:
+        return f"{x:,.0f}"
+    if abs(x) >= 1e-3:
+        return f"{x:.{digits}g}"
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{x:.{max(1, digits - 1)}e}")
+
+
+def money(a: Amount | None, currency: str | None, digits: int = 3) -> str:
+    """'unpriced' when nothing is priced; a '*' when some energy was left unpriced."""
+    if a is None:
+        return "-"
+    if a.value is None:
+        return "unpriced"
+    code = currency or ""
+    symbol = _SYMBOL.get(code, f"{code} " if code and code != "mixed" else "")
+    text = f"{symbol}{sig(a.value, digits)}"
+    return text + "*" if a.unpriced_kwh > 0 else text
+
+
+def share(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if 0 < x < 0.005:
+        return "<1%"
+    return f"{x:.0%}"
+
+
+def parts(fractions: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {share(v)}" for k, v in sorted(fractions.items(), key=lambda kv: -kv[1]))
+
+
+def when(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def span(seconds: float) -> str:
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+# ----- rendering ------------------------------------------------------------------
+
+
+def render(report: Report) -> Group:
+    """The report as rich renderables, 80 columns wide at most."""
+    cur = report.currency
+    t = report.totals
+    idle_mode = (
+        "idle and keep-warm spread over the groups that used each device"
+        if report.share_idle and report.by not in ("device", "host")
+        else "idle and keep-warm in their own rows"
+        if report.by not in ("device", "host")
+        else "idle and keep-warm within each " + report.by
+    )
+    cards = ", ".join(report.price_cards) or "none"
+    head = Text.assemble(
+        ("infermeter report", "bold"),
+        f" by {report.by}, {when(report.t_from)} to {when(report.t_to)} UTC "
+        f"({span(report.t_to - report.t_from)})\n",
+        f"price card {cards}" + (f" ({cur})" if cur else "") + f"; {idle_mode}",
+    )
+    if report.empty:
+        hint = "nothing stored yet"
+        if report.stored:
+            hint = f"the store holds {when(report.stored[0])} to {when(report.stored[1])} UTC"
+        return Group(head, Text(f"\nNo data in this range ({hint})."))
+    req = report.total_requests
+    summary = Table.grid(padding=(0, 2))
+    for _ in range(4):
+        summary.add_column(no_wrap=True)
+    summary.add_row(
+        "Energy",
+        f"{sig(t.energy_kwh)} kWh",
+        "Cost",
+        f"{money(t.cost, cur, 4)}",
+    )
+    summary.add_row(
+        "Carbon",
+        "unpriced" if t.carbon_g.value is None else f"{sig(t.carbon_g.value)} g CO2e",
+        "  energy + capacity",
+        f"{money(t.energy_cost, cur)} + {money(t.capacity_cost, cur)}",
+    )
+    summary.add_row("Requests", f"{req.requests:,}", "  of which idle", money(t.idle_cost, cur))
+    summary.add_row(
+        "Utilisation",
+        share(report.utilisation),
+        "  of which keep-warm",
+        money(t.keepwarm_cost, cur),
+    )
+    how = Text(
+        f"Energy {parts(report.methods)}; split among processes by {parts(report.bases) or '-'}"
+    )
+    parts_: list[RenderableType] = [head, Text(""), summary, how, Text(""), cost_table(report)]
+    if report.by != "device":  # requests belong to no single device
+        parts_ += [Text(""), _request_table(report)]
+    parts_ += [Text(""), _method_table(report), Text(""), _recommendations(report)]
+    return Group(*parts_, *_footnotes(report))
+
+
+def _label_column(table: Table, by: str) -> None:
+    table.add_column(by, overflow="fold", min_width=10, max_width=24)
+
+
+def cost_table(report: Report) -> Table:
+    cur = report.currency
+    total = report.totals.cost.value
+    table = Table(title=f"Cost by {report.by}", title_justify="left", box=None, pad_edge=False)
+    _label_column(table, report.by)
+    for name in ("kWh", "cost", "share", "idle", "keep-warm", "carbon g"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for g in report.groups:
+        c = g.costs
+        part = c.cost.value / total if c.cost.value is not None and total else None
+        table.add_row(
+            g.label,
+            sig(c.energy_kwh),
+            money(c.cost, cur),
+            share(part),
+            money(c.idle_cost, cur) if c.idle_cost.value else "-",
+            money(c.keepwarm_cost, cur) if c.keepwarm_cost.value else "-",
+            "unpriced" if c.carbon_g.value is None else sig(c.carbon_g.value),
+        )
+    return table
+
+
+def _request_table(report: Report) -> Table:
+    cur = report.currency
+    table = Table(
+        title=f"Requests by {report.by} (p50/p95: cost per request)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    _label_column(table, report.by)
+    for name in ("requests", "items", "J/item", "per 1k req", "p50", "p95", "util"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for g in report.groups:
+        s = g.requests
+        if s is None or (g.kind != "group" and not s.requests):
+            continue
+        table.add_row(
+            g.label,
+            f"{s.requests:,}",
+            f"{s.items:,}",
+            "-" if g.j_per_item is None else sig(g.j_per_item),
+            money(g.cost_per_1k_requests, cur),
+            _per_request(s.cost_p50, s.requests, s.unpriced, cur),
+            _per_request(s.cost_p95, s.requests, s.unpriced, cur),
+            share(g.utilisation),
+        )
+    return table
+
+
+def _per_request(value: float | None, requests: int, unpriced: int, cur: str | None) -> str:
+    if value is None:
+        return "unpriced" if unpriced else "-"
+    return money(Amount(value), cur, 2)
+
+
+def _method_table(report: Report) -> Table:
+    table = Table(
+        title="How it was measured (share of energy) and split among processes",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    _label_column(table, report.by)
+    for name in ("measured", "integr.", "estim."):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("split by", overflow="fold")
+    if report.by == "device":
+        table.add_column("util", justify="right", no_wrap=True)
+    for g in report.groups:
+        row = [
+            g.label,
+            share(g.methods.get("measured", 0.0)) if g.methods else "-",
+            share(g.methods.get("integrated", 0.0)) if g.methods else "-",
+            share(g.methods.get("estimated", 0.0)) if g.methods else "-",
+            parts(g.bases) or "-",
+        ]
+        if report.by == "device":
+            row.append(share(g.utilisation))
+        table.add_row(*row)
+    return table
+
+
+def _recommendations(report: Report) -> RenderableType:
+    title = Text("Top recommendations", style="bold")
+    if not report.recommendations:
+        return Group(title, Text("  none open"))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for i, r in enumerate(report.recommendations, 1):
+        what = Text(
+            f"{r.kind} {r.subject} ({r.subject_kind}): saves ${sig(r.savings_usd_month)}/month, "
+            f"{sig(r.savings_kwh_month)} kWh, {sig(r.savings_kgco2e_month)} kg CO2e "
+            f"(confidence {r.confidence})"
+        )
+        what.append(f"\n{r.how_to_apply}", style="dim")
+        grid.add_row(f"{i}.", what)
+    return Group(title, grid)
+
+
+def _footnotes(report: Report) -> list[Text]:
+    notes = []
+    if report.totals.cost.unpriced_kwh > 0 or report.totals.carbon_g.unpriced_kwh > 0:
+        notes.append(
+            f"* leaves out {sig(report.totals.cost.unpriced_kwh)} kWh that the price card "
+            "could not price"
+        )
+    notes.append(
+        "p50/p95 within 4.4% (log histogram); util: busy fraction of the devices used, "
+        "weighted by energy"
+    )
+    return [Text(""), *(Text(n, style="dim") for n in notes)]
+
+
+# ----- the command ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--since", metavar="DURATION", help="How far back from --to: 90m, 24h, 7d (default 24h)."
+)
+@click.option(
+    "--from", "t_from", metavar="TIME", help="Start: ISO 8601 (UTC unless an offset) or epoch s."
+)
+@click.option("--to", "t_to", metavar="TIME", help="End (default: now).")
+@click.option("--by", type=click.Choice(GROUPINGS), default="model", show_default=True)
+@click.option("--share-idle", is_flag=True, help="Spread idle and keep-warm over the groups.")
+@click.option("--json", "as_json", is_flag=True, help="JSON (docs/report.json.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per group.")
+@click.option(
+    "--top", "top_n", type=int, default=5, show_default=True, help="Recommendations shown."
+)
+@pass_app
+def report(
+    app: App,
+    since: str | None,
+    t_from: str | None,
+    t_to: str | None,
+    by: str,
+    share_idle: bool,
+    as_json: bool,
+    as_csv: bool,
+    top_n: int,
+) -> None:
+    """Energy, cost and carbon per model, tenant, target, device or host."""
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
+    start, end = time_range(since, t_from, t_to, time.time())
+    engine = open_for_reading(app.config.store_url)
+    try:
+        data = build_report(engine, start, end, by, share_idle, top_recommendations=top_n)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report_json(data), indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(csv_rows(data))
+    else:
+        Console().print(render(data))

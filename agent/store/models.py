@@ -277,3 +277,99 @@ class AgentState(Base):
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(Text)
+
+
+class RequestHourly(Base):
+    """Hourly rollup of model calls into requests, with a histogram of cost per request.
+
+    Three grains share the table (``grain``): ``model`` rows are per host x
+    model x tenant, ``target`` rows per host x target x tenant, ``host`` rows
+    per host x tenant. A request calling two models counts once in each model's
+    row but once only in its target's and its host's rows, so every grouping
+    of the report counts requests without counting one twice. Filled by
+    infermeter.store.request_rollup; ``cost_hist`` is documented there.
+    """
+
+    __tablename__ = "request_hourly"
+    __table_args__ = (Index("ix_request_hourly_grain_hour", "grain", "hour"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    hour: Mapped[float] = mapped_column(Float)
+    grain: Mapped[str] = mapped_column(String(8))  # model | target | host
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(BigInteger)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
+    energy_j: Mapped[float] = mapped_column(Float)
+    energy_cost: Mapped[float | None] = mapped_column(Float)  # NULL: a call was unpriced
+    capacity_cost: Mapped[float | None] = mapped_column(Float)
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger)
+    cost_hist: Mapped[dict[str, int]] = mapped_column(JSON)
+
+
+class DeviceHourly(Base):
+    """Hourly rollup of device_windows: how busy each device was, for utilisation."""
+
+    __tablename__ = "device_hourly"
+    __table_args__ = (
+        UniqueConstraint("device_id", "hour"),
+        Index("ix_device_hourly_hour", "hour"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    hour: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    busy_seconds: Mapped[float] = mapped_column(Float)  # sum of busy_fraction x window length
+    busy_known_seconds: Mapped[float] = mapped_column(Float)  # windows whose busy is known
+    energy_j: Mapped[float] = mapped_column(Float)
+    memory_peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class UsageBasisHourly(Base):
+    """Hourly energy of usage_shares per weight basis (usage_hourly keeps the method only).
+
+    Says how each group's energy was split among processes (SM utilisation,
+    GPU memory, equal parts, CPU seconds), after the raw shares are pruned.
+    """
+
+    __tablename__ = "usage_basis_hourly"
+    __table_args__ = (Index("ix_usage_basis_hourly_hour", "hour"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    hour: Mapped[float] = mapped_column(Float)
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id", ondelete="SET NULL"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    tenant: Mapped[str | None] = mapped_column(String(255))
+    bucket: Mapped[str] = mapped_column(String(16))
+    weight_basis: Mapped[str] = mapped_column(String(32))
+    energy_j: Mapped[float] = mapped_column(Float)
+
+
+Index(
+    "uq_request_hourly_natural_key",
+    RequestHourly.host_id,
+    RequestHourly.hour,
+    RequestHourly.grain,
+    func.coalesce(RequestHourly.target_id, 0),
+    func.coalesce(RequestHourly.model_id, 0),
+    func.coalesce(RequestHourly.tenant, ""),
+    unique=True,
+)
+Index(
+    "uq_usage_basis_hourly_natural_key",
+    UsageBasisHourly.device_id,
+    UsageBasisHourly.hour,
+    func.coalesce(UsageBasisHourly.target_id, 0),
+    func.coalesce(UsageBasisHourly.model_id, 0),
+    func.coalesce(UsageBasisHourly.tenant, ""),
+    UsageBasisHourly.bucket,
+    UsageBasisHourly.weight_basis,
+    unique=True,
+)

@@ -1,0 +1,406 @@
+"""What the report reads: rollups for whole hours, raw rows for the rest.
+
+A report's range [since, until) is cut per host into the whole hours that
+the host's rollups already cover for good (``request_rollup.complete_until``)
+and the rest, read from the raw tables (usage_shares, requests,
+device_windows). Both halves are aggregated in SQL to one row per group,
+device, hour, bucket and method, so what reaches Python is small whatever
+the number of stored rows. The hour of a raw row is the hour of its t0, as
+the rollups count it, so the two halves never overlap or leave a gap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, FromClause, case, func, or_, select
+
+from infermeter import cost_histogram
+from infermeter.store.models import (
+    DeviceHourly,
+    DeviceRow,
+    DeviceWindow,
+    Host,
+    ModelRow,
+    PriceCardRow,
+    RequestHourly,
+    RequestRow,
+    TargetRow,
+    UsageBasisHourly,
+    UsageHourly,
+    UsageShare,
+)
+from infermeter.store.request_rollup import (
+    HOUR_S,
+    RequestTotals,
+    basis_hourly_select,
+    complete_until,
+    device_hourly_select,
+    hour_sql,
+)
+from infermeter.store.request_sql import raw_request_totals
+
+# The column of usage_shares / usage_hourly that each grouping groups by,
+# and the grain of request_hourly that counts its requests (None: requests
+# belong to no single device).
+USAGE_KEY = {
+    "model": "model_id",
+    "tenant": "tenant",
+    "target": "target_id",
+    "device": "device_id",
+    "host": "host_id",
+}
+REQUEST_GRAIN: dict[str, tuple[str, str] | None] = {
+    "model": ("model", "model_id"),
+    "tenant": ("host", "tenant"),
+    "target": ("target", "target_id"),
+    "device": None,
+    "host": ("host", "host_id"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Hosts and a time range read from one source (rollup hours or raw t0)."""
+
+    host_ids: tuple[int, ...]
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    rollup: tuple[Segment, ...]
+    raw: tuple[Segment, ...]
+
+    @property
+    def rollup_hours(self) -> int:
+        return sum(round((s.hi - s.lo) / HOUR_S) * len(s.host_ids) for s in self.rollup)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Energy and money of one group on one device in one hour, bucket and method.
+
+    ``*_unpriced_j`` is the energy whose price was unknown (NULL), which the
+    matching sum leaves out; ``cost_unpriced_j`` is where either part was.
+    """
+
+    host_id: int
+    device_id: int
+    hour: float
+    key: Any
+    bucket: str
+    method: str
+    energy_j: float
+    energy_cost: float | None
+    capacity_cost: float | None
+    carbon_g: float | None
+    energy_cost_unpriced_j: float
+    capacity_cost_unpriced_j: float
+    carbon_unpriced_j: float
+    cost_unpriced_j: float
+
+
+def plan(conn: Connection, since: float, until: float, use_rollups: bool = True) -> Plan:
+    """Cut [since, until) per host into rolled-up whole hours and raw edges."""
+    host_ids = [int(h) for h in conn.execute(select(Host.id)).scalars()]
+    done = complete_until(conn) if use_rollups else {}
+    first_whole = math.ceil(since / HOUR_S) * HOUR_S
+    last_whole = math.floor(until / HOUR_S) * HOUR_S
+    by_cut: dict[float, list[int]] = {}
+    for host_id in host_ids:
+        cut = first_whole
+        if host_id in done:
+            cut = max(first_whole, min(last_whole, math.floor(done[host_id] / HOUR_S) * HOUR_S))
+        by_cut.setdefault(cut, []).append(host_id)
+    rollup: list[Segment] = []
+    raw: list[Segment] = []
+    for cut, ids in by_cut.items():
+        hosts = tuple(sorted(ids))
+        if cut > first_whole:
+            rollup.append(Segment(hosts, first_whole, cut))
+            raw.append(Segment(hosts, since, first_whole))
+            raw.append(Segment(hosts, cut, until))
+        else:
+            raw.append(Segment(hosts, since, until))
+    return Plan(tuple(rollup), tuple(s for s in raw if s.hi > s.lo))
+
+
+def _in(seg: Segment, host: ColumnElement[Any], t: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    return [host.in_(seg.host_ids), t >= seg.lo, t < seg.hi]
+
+
+def _money_columns(table: FromClause) -> list[Any]:
+    c = table.c
+
+    def unpriced(*cols: ColumnElement[Any]) -> Any:
+        return func.sum(case((_any_null(cols), c.energy_j), else_=0.0))
+
+    return [
+        func.sum(c.energy_j).label("energy_j"),
+        func.sum(c.energy_cost).label("energy_cost"),
+        func.sum(c.capacity_cost).label("capacity_cost"),
+        func.sum(c.carbon_g).label("carbon_g"),
+        unpriced(c.energy_cost).label("ec_un"),
+        unpriced(c.capacity_cost).label("cc_un"),
+        unpriced(c.carbon_g).label("cg_un"),
+        unpriced(c.energy_cost, c.capacity_cost).label("cost_un"),
+    ]
+
+
+def _any_null(cols: Sequence[ColumnElement[Any]]) -> ColumnElement[bool]:
+    return or_(*(col.is_(None) for col in cols))
+
+
+def usage_rows(conn: Connection, p: Plan, by: str) -> list[UsageRow]:
+    """usage_hourly for rolled-up hours, usage_shares elsewhere, grouped for ``by``."""
+    out: list[UsageRow] = []
+    key_name = USAGE_KEY[by]
+    for seg in p.rollup:
+        h = UsageHourly.__table__
+        q = (
+            select(h.c.host_id, h.c.device_id, h.c.hour, h.c[key_name].label("key"), h.c.bucket)
+            .add_columns(h.c.method, *_money_columns(h))
+            .where(*_in(seg, h.c.host_id, h.c.hour))
+            .group_by(h.c.host_id, h.c.device_id, h.c.hour, h.c[key_name], h.c.bucket, h.c.method)
+        )
+        out.extend(_usage(conn.execute(q)))
+    s = UsageShare.__table__
+    hour = hour_sql(s.c.t0, conn.dialect.name).label("hour")
+    for seg in p.raw:
+        q = (
+            select(s.c.host_id, s.c.device_id, hour, s.c[key_name].label("key"), s.c.bucket)
+            .add_columns(s.c.method, *_money_columns(s))
+            .where(*_in(seg, s.c.host_id, s.c.t0))
+            .group_by(s.c.host_id, s.c.device_id, hour, s.c[key_name], s.c.bucket, s.c.method)
+        )
+        out.extend(_usage(conn.execute(q)))
+    return out
+
+
+def _usage(rows: Any) -> list[UsageRow]:
+    return [
+        UsageRow(
+            host_id=int(r.host_id),
+            device_id=int(r.device_id),
+            hour=float(r.hour),
+            key=r.key,
+            bucket=str(r.bucket),
+            method=str(r.method),
+            energy_j=float(r.energy_j or 0.0),
+            energy_cost=_opt(r.energy_cost),
+            capacity_cost=_opt(r.capacity_cost),
+            carbon_g=_opt(r.carbon_g),
+            energy_cost_unpriced_j=float(r.ec_un or 0.0),
+            capacity_cost_unpriced_j=float(r.cc_un or 0.0),
+            carbon_unpriced_j=float(r.cg_un or 0.0),
+            cost_unpriced_j=float(r.cost_un or 0.0),
+        )
+        for r in rows
+    ]
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def basis_rows(conn: Connection, p: Plan, by: str) -> list[tuple[Any, str, str, float]]:
+    """(key, bucket, weight basis, energy J) over the range."""
+    key_name = USAGE_KEY[by]
+    out: list[tuple[Any, str, str, float]] = []
+    b = UsageBasisHourly.__table__
+    for seg in p.rollup:
+        q = (
+            select(b.c[key_name], b.c.bucket, b.c.weight_basis, func.sum(b.c.energy_j))
+            .where(*_in(seg, b.c.host_id, b.c.hour))
+            .group_by(b.c[key_name], b.c.bucket, b.c.weight_basis)
+        )
+        out.extend((r[0], str(r[1]), str(r[2]), float(r[3] or 0.0)) for r in conn.execute(q))
+    s = UsageShare.__table__
+    for seg in p.raw:
+        raw = basis_hourly_select(conn.dialect.name, _in(seg, s.c.host_id, s.c.t0)).subquery()
+        q = select(
+            raw.c[key_name], raw.c.bucket, raw.c.weight_basis, func.sum(raw.c.energy_j)
+        ).group_by(raw.c[key_name], raw.c.bucket, raw.c.weight_basis)
+        out.extend((r[0], str(r[1]), str(r[2]), float(r[3] or 0.0)) for r in conn.execute(q))
+    return out
+
+
+def device_busy(conn: Connection, p: Plan) -> dict[tuple[int, float], tuple[float, float]]:
+    """(device id, hour) -> (busy seconds, seconds whose busy fraction is known)."""
+    out: dict[tuple[int, float], tuple[float, float]] = {}
+
+    def add(rows: Any) -> None:
+        for r in rows:
+            key = (int(r.device_id), float(r.hour))
+            busy, known = out.get(key, (0.0, 0.0))
+            out[key] = (
+                busy + float(r.busy_seconds or 0.0),
+                known + float(r.busy_known_seconds or 0.0),
+            )
+
+    d = DeviceHourly.__table__
+    for seg in p.rollup:
+        add(
+            conn.execute(
+                select(d.c.device_id, d.c.hour, d.c.busy_seconds, d.c.busy_known_seconds).where(
+                    *_in(seg, d.c.host_id, d.c.hour)
+                )
+            )
+        )
+    w = DeviceWindow.__table__
+    for seg in p.raw:
+        add(conn.execute(device_hourly_select(conn.dialect.name, _in(seg, w.c.host_id, w.c.t0))))
+    return out
+
+
+def request_totals(
+    conn: Connection, p: Plan, wants: Sequence[str | None]
+) -> list[dict[Any, RequestTotals]]:
+    """Requests per group key, for each grouping in ``wants`` (``None``: all under key None).
+
+    The raw calls at the edges are read once for all of them.
+    """
+    picks: list[tuple[str, str]] = []
+    for by in wants:
+        which = REQUEST_GRAIN[by] if by is not None else ("host", "")
+        if which is None:
+            raise ValueError(f"requests belong to no single {by}")
+        picks.append(which)
+    outs: list[dict[Any, RequestTotals]] = [{} for _ in picks]
+    rh = RequestHourly.__table__
+    for (grain, key_name), out in zip(picks, outs, strict=True):
+        for seg in p.rollup:
+            q = select(
+                rh.c[key_name] if key_name else rh.c.host_id,
+                rh.c.requests,
+                rh.c.calls,
+                rh.c["items"],
+                rh.c.tokens_in,
+                rh.c.tokens_out,
+                rh.c.energy_j,
+                rh.c.energy_cost,
+                rh.c.capacity_cost,
+                rh.c.carbon_g,
+                rh.c.unpriced_requests,
+                rh.c.cost_hist,
+            ).where(rh.c.grain == grain, *_in(seg, rh.c.host_id, rh.c.hour))
+            for r in conn.execute(q):
+                key = r[0] if key_name else None
+                out.setdefault(key, RequestTotals()).add(
+                    RequestTotals(
+                        requests=int(r.requests),
+                        calls=int(r.calls),
+                        items=int(r._mapping["items"]),
+                        tokens_in=int(r.tokens_in),
+                        tokens_out=int(r.tokens_out),
+                        energy_j=float(r.energy_j),
+                        energy_cost=_opt(r.energy_cost),
+                        capacity_cost=_opt(r.capacity_cost),
+                        carbon_g=_opt(r.carbon_g),
+                        unpriced_requests=int(r.unpriced_requests),
+                        hist={str(k): int(v) for k, v in (r.cost_hist or {}).items()},
+                    )
+                )
+    r_c = RequestRow.__table__.c
+    t_c = TargetRow.__table__.c
+    grains = sorted({grain for grain, _key in picks})
+    key_at = {"host_id": 0, "target_id": 2, "model_id": 3, "tenant": 4}
+    for seg in p.raw:
+        raw = raw_request_totals(conn, grains, _in(seg, t_c.host_id, r_c.t0))
+        for (grain, key_name), out in zip(picks, outs, strict=True):
+            for key, totals in raw[grain].items():
+                group = key[key_at[key_name]] if key_name else None
+                out.setdefault(group, RequestTotals()).add(totals)
+    return outs
+
+
+def percentile(totals: RequestTotals, q: float) -> float | None:
+    return cost_histogram.percentile(totals.hist, q)
+
+
+def stored_range(conn: Connection) -> tuple[float, float] | None:
+    """From the first to the last window any device wrote (indexed: cheap)."""
+    w = DeviceWindow.__table__.c
+    lo, hi = conn.execute(select(func.min(w.t0), func.max(w.t0))).one()
+    h = UsageHourly.__table__.c
+    hlo, hhi = conn.execute(select(func.min(h.hour), func.max(h.hour))).one()
+    los = [float(x) for x in (lo, hlo) if x is not None]
+    his = [float(x) for x in (hi, None if hhi is None else hhi + HOUR_S) if x is not None]
+    return (min(los), max(his)) if los and his else None
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What the ids of a store's rows are called, loaded once per report."""
+
+    hosts: Mapping[int, str]
+    models: Mapping[int, str]
+    targets: Mapping[int, tuple[int, int, float, str]]  # host, pid, start, what it runs
+    devices: Mapping[int, tuple[int, str, str, int]]  # host, uid, name, index
+    currency: str | None
+    cards: tuple[str, ...]
+
+    @classmethod
+    def load(cls, conn: Any) -> Names:
+        hosts = {int(i): str(n) for i, n in conn.execute(select(Host.id, Host.name))}
+        models = {int(i): str(n) for i, n in conn.execute(select(ModelRow.id, ModelRow.name))}
+        targets = {
+            int(r.id): (
+                int(r.host_id),
+                int(r.pid),
+                float(r.start_time),
+                str((r.labels or {}).get("model") or r.framework),
+            )
+            for r in conn.execute(
+                select(
+                    TargetRow.id,
+                    TargetRow.host_id,
+                    TargetRow.pid,
+                    TargetRow.start_time,
+                    TargetRow.labels,
+                    TargetRow.framework,
+                )
+            )
+        }
+        devices = {
+            int(r.id): (int(r.host_id), str(r.uid), str(r.name), int(r.index))
+            for r in conn.execute(
+                select(
+                    DeviceRow.id, DeviceRow.host_id, DeviceRow.uid, DeviceRow.name, DeviceRow.index
+                )
+            )
+        }
+        cards = conn.execute(select(PriceCardRow.version, PriceCardRow.currency)).all()
+        currencies = {str(c) for _v, c in cards}
+        currency = None if not currencies else currencies.pop() if len(currencies) == 1 else "mixed"
+        return cls(
+            hosts, models, targets, devices, currency, tuple(sorted(str(v) for v, _c in cards))
+        )
+
+    def describe(self, by: str, key: Any) -> tuple[str, str]:
+        """(stable key, label) of a group; labels name the host only when there are several."""
+        if by == "model":
+            name = self.models.get(int(key), f"model #{key}")
+            return name, name
+        if by == "tenant":
+            return str(key), str(key)
+        if by == "host":
+            name = self.hosts.get(int(key), f"host #{key}")
+            return name, name
+        where = ""
+        if by == "target":
+            host_id, pid, start, runs = self.targets.get(int(key), (0, 0, 0.0, "?"))
+            host = self.hosts.get(host_id, "?")
+            if len(self.hosts) > 1:
+                where = f" on {host}"
+            return f"{host}:{pid}:{start:.3f}", f"{runs} pid {pid}{where}"
+        host_id, uid, name, index = self.devices.get(int(key), (0, str(key), "?", 0))
+        host = self.hosts.get(host_id, "?")
+        if len(self.hosts) > 1:
+            where = f" on {host}"
+        return f"{host}/{uid}", f"{name.removeprefix('NVIDIA ')} #{index}{where}"

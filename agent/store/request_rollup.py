@@ -1,0 +1,237 @@
+"""Hourly rollups for the report: requests, device busy time, weight basis.
+
+``usage_hourly`` (Store.rollup) keeps the energy and cost of every hour; the
+report also needs what it does not keep, hour by hour, so that it never
+reads millions of raw rows:
+
+- ``request_hourly``: requests, calls, items, tokens, energy and cost, and a
+  histogram of cost per request (infermeter.cost_histogram), at three
+  grains (per model, per target, per host; see models.RequestHourly). A
+  request is the calls that share a ``request_id`` within one hour and one
+  row of the grain; a call without a request id is a request of its own.
+  Its cost is energy cost + capacity cost; a request with an unpriced call
+  is counted in ``unpriced_requests`` and left out of the histogram.
+- ``device_hourly``: window seconds and busy seconds per device.
+- ``usage_basis_hourly``: energy per weight basis (sm-util, gpu-memory,
+  equal, cpu-seconds, baseline), which ``usage_hourly`` does not split.
+
+``refresh`` recomputes every hour touching [since, until) for one host:
+deleted, then inserted again from the raw rows, so it is idempotent and a
+second run after late rows arrive corrects the hour. The hour of a row is
+the hour of its ``t0``, as in ``usage_hourly``.
+
+Up to where the rollups are final is stored per host as the agent state
+``COMPLETE_KEY``: the rollup time less the flush lag, since rows for the
+last seconds may still be on their way. The report reads rollups only for
+whole hours before it, and raw rows elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from infermeter.store.models import (
+    AgentState,
+    DeviceHourly,
+    DeviceWindow,
+    Host,
+    RequestHourly,
+    RequestRow,
+    TargetRow,
+    UsageBasisHourly,
+    UsageShare,
+)
+from infermeter.store.request_sql import (
+    GRAINS,
+    HOUR_S,
+    Key,
+    RequestTotals,
+    hour_floor,
+    hour_sql,
+    raw_request_totals,
+)
+from infermeter.store.writer import Store
+
+__all__ = [
+    "COMPLETE_KEY",
+    "GRAINS",
+    "HOUR_S",
+    "RequestTotals",
+    "complete_until",
+    "hour_floor",
+    "hour_sql",
+    "refresh",
+    "rollup_store",
+]
+
+COMPLETE_KEY = "report_rollups_complete_until"
+
+
+def device_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """device_windows per device and hour, in device_hourly's columns."""
+    w = DeviceWindow.__table__.c
+    hour = hour_sql(w.t0, dialect).label("hour")
+    length = w.t1 - w.t0
+    known = w.busy_fraction.is_not(None)
+    return (
+        select(
+            w.host_id,
+            w.device_id,
+            hour,
+            func.sum(length).label("seconds"),
+            func.sum(case((known, w.busy_fraction * length), else_=0.0)).label("busy_seconds"),
+            func.sum(case((known, length), else_=0.0)).label("busy_known_seconds"),
+            func.sum(w.energy_j).label("energy_j"),
+            func.max(w.memory_used_bytes).label("memory_peak_bytes"),
+        )
+        .where(*where)
+        .group_by(w.host_id, w.device_id, hour)
+    )
+
+
+def basis_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """usage_shares per hour and weight basis, in usage_basis_hourly's columns."""
+    s = UsageShare.__table__.c
+    hour = hour_sql(s.t0, dialect).label("hour")
+    keys = [s.host_id, s.device_id, hour, s.target_id, s.model_id, s.tenant, s.bucket]
+    return (
+        select(*keys, s.weight_basis, func.sum(s.energy_j).label("energy_j"))
+        .where(*where)
+        .group_by(*keys, s.weight_basis)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    request_rows: int
+    device_rows: int
+    basis_rows: int
+
+
+def refresh(conn: Connection, host_id: int, since: float, until: float) -> RefreshResult:
+    """Recompute the three rollups of every hour of ``host_id`` touching [since, until).
+
+    Everything is read first and written last: on SQLite the write lock is
+    taken only by the short delete-and-insert at the end, so the agent's
+    flushes never wait behind the reads (which WAL lets run beside them).
+    """
+    first_hour = hour_floor(since)
+    dialect = conn.dialect.name
+    w = DeviceWindow.__table__.c
+    devices = [
+        dict(row._mapping)
+        for row in conn.execute(
+            device_hourly_select(dialect, [w.host_id == host_id, w.t0 >= first_hour, w.t0 < until])
+        )
+    ]
+    s = UsageShare.__table__.c
+    bases = [
+        dict(row._mapping)
+        for row in conn.execute(
+            basis_hourly_select(dialect, [s.host_id == host_id, s.t0 >= first_hour, s.t0 < until])
+        )
+    ]
+    r = RequestRow.__table__.c
+    t = TargetRow.__table__.c
+    where = [t.host_id == host_id, r.t0 >= first_hour, r.t0 < until]
+    requests = [
+        _request_hourly_row(grain, key, totals)
+        for grain, by_key in raw_request_totals(conn, GRAINS, where).items()
+        for key, totals in by_key.items()
+    ]
+    for table in (RequestHourly, DeviceHourly, UsageBasisHourly):
+        conn.execute(
+            delete(table).where(
+                table.host_id == host_id, table.hour >= first_hour, table.hour < until
+            )
+        )
+    for table, rows in (
+        (DeviceHourly, devices),
+        (UsageBasisHourly, bases),
+        (RequestHourly, requests),
+    ):
+        for chunk in _chunks(rows, 5000):
+            conn.execute(insert(table), chunk)
+    return RefreshResult(len(requests), len(devices), len(bases))
+
+
+def _request_hourly_row(grain: str, key: Key, g: RequestTotals) -> dict[str, Any]:
+    host_id, hour, target_id, model_id, tenant = key
+    return {
+        "host_id": host_id,
+        "hour": hour,
+        "grain": grain,
+        "target_id": target_id,
+        "model_id": model_id,
+        "tenant": tenant,
+        "requests": g.requests,
+        "calls": g.calls,
+        "items": g.items,
+        "tokens_in": g.tokens_in,
+        "tokens_out": g.tokens_out,
+        "energy_j": g.energy_j,
+        "energy_cost": g.energy_cost,
+        "capacity_cost": g.capacity_cost,
+        "carbon_g": g.carbon_g,
+        "unpriced_requests": g.unpriced_requests,
+        "cost_hist": g.hist,
+    }
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+def refresh_all(engine: Engine, since: float, until: float) -> RefreshResult:
+    """Recompute [since, until) for every host, in one transaction (tools, benchmarks)."""
+    totals = [0, 0, 0]
+    with engine.begin() as conn:
+        for host_id in conn.execute(select(Host.id)).scalars():
+            result = refresh(conn, host_id, since, until)
+            totals[0] += result.request_rows
+            totals[1] += result.device_rows
+            totals[2] += result.basis_rows
+    return RefreshResult(*totals)
+
+
+def complete_until(conn: Connection) -> dict[int, float]:
+    """Per host id: the time before which the report may trust the rollups."""
+    rows = conn.execute(
+        select(AgentState.host_id, AgentState.value).where(AgentState.key == COMPLETE_KEY)
+    )
+    out: dict[int, float] = {}
+    for host_id, value in rows:
+        try:
+            out[int(host_id)] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def rollup_store(store: Store, since: float, until: float, lag_s: float) -> int:
+    """The agent's rollup step for these tables; the first run backfills every hour.
+
+    ``lag_s``: how long rows may take to reach the store after their end
+    (span lag + a flush or two); the rollups are final only up to then.
+    """
+    first_run = store.get_state(COMPLETE_KEY) is None
+    with store.engine.begin() as conn:
+        host_id = store.host_id(conn, until)
+        result = refresh(conn, host_id, 0.0 if first_run else since, until)
+    store.set_state(COMPLETE_KEY, until - lag_s)
+    return result.request_rows + result.device_rows + result.basis_rows

@@ -1,0 +1,174 @@
+"""``infermeter top`` under a real pseudo-terminal, on a store filled by replay.
+
+The child runs ``infermeter top`` through ``sh`` on the slave side of a
+pty, then ``stty -a``: after ``q`` (or Ctrl-C) the shell must find the
+terminal back in canonical mode with echo on, which is what "restored"
+means to the user who typed the command.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, infermeter_cmd
+
+from infermeter.live import open_readonly, snapshot
+from infermeter.store.engine import open_engine
+from infermeter.store.models import Host
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("top")
+    url = f"sqlite:///{folder / 'store.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+    env.update(HOME=str(folder), XDG_CONFIG_HOME=str(folder / "c"), XDG_DATA_HOME=str(folder / "d"))
+    done = subprocess.run(
+        [*infermeter_cmd(), "--db", url, "replay", "--no-progress", str(FIXTURES / "h100-serving")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+class Screen:
+    """``infermeter top`` on a pty of 120x40, everything it wrote kept."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        command = " ".join(shlex.quote(a) for a in [*infermeter_cmd(), "--db", url, "top"])
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: a shell on the terminal, as a user has
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+            env.update(TERM="xterm-256color", HOME=str(home), XDG_CONFIG_HOME=str(home / "c"))
+            # The shell traps SIGINT (a handler, so top gets the default one) to live
+            # past a Ctrl-C and report top's exit code and the terminal's settings.
+            script = f"trap : INT; {command}; echo EXIT=$?; stty -a"
+            os.execvpe("sh", ["sh", "-c", script], env)
+        self.raw = b""
+
+    def read_until(self, predicate: object, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text
+            if predicate(text):  # type: ignore[operator]
+                return text
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                self.raw += chunk
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return ANSI.sub("", self.raw.decode(errors="replace"))
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            self.read_until(lambda _t: False, 0.2)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError(f"top did not exit: {self.text[-2000:]}")
+
+
+def shows_the_store(text: str) -> bool:
+    names = ("H100 80GB HBM3", "resnet50", "encoder", "mlp")
+    headings = ("Devices", "Targets", "Models", "power W", "req/s")
+    return all(name in text for name in names) and all(h in text for h in headings)
+
+
+@pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
+def test_top_shows_devices_and_models_and_quits_cleanly(
+    store: str, tmp_path: Path, key: bytes
+) -> None:
+    screen = Screen(store, tmp_path)
+    text = screen.read_until(shows_the_store)
+    assert shows_the_store(text), text[-3000:]
+    assert "q: quit" in text
+    assert "\x1b[?1049h" in screen.raw.decode(errors="replace")  # the alternate screen
+    time.sleep(1.5)  # at least one refresh after the first frame
+    screen.send(key)
+    after = screen.read_until(lambda t: "EXIT=" in t and "icanon" in t.split("EXIT=")[-1])
+    assert screen.wait() == 0
+    tail = after.split("EXIT=")[-1]
+    assert tail.startswith("0"), after[-2000:]
+    # The terminal is back as the shell left it: line editing and echo on.
+    assert re.search(r"(?<!-)icanon", tail) and re.search(r"(?<![-\w])echo\b", tail), tail
+    assert "\x1b[?1049l" in screen.raw.decode(errors="replace")  # left the alternate screen
+    assert "Traceback" not in after
+
+
+def test_top_reads_without_blocking_the_writer(store: str) -> None:
+    reader = open_readonly(store)
+    writer = open_engine(store)
+    with reader.connect() as conn:  # a reader mid-transaction, as top is during a refresh
+        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("SELECT count(*) FROM usage_shares").all()
+        t = time.perf_counter()
+        with writer.begin() as w:
+            w.execute(Host.__table__.update().values(last_seen=Host.last_seen + 1))
+        assert time.perf_counter() - t < 0.5
+    with pytest.raises(Exception, match="readonly"), reader.begin() as conn:
+        conn.execute(Host.__table__.update().values(last_seen=0))
+    reader.dispose()
+    writer.dispose()
+
+
+def test_snapshot_of_a_replayed_store(store: str) -> None:
+    engine = open_readonly(store)
+    snap = snapshot(engine)
+    engine.dispose()
+    assert snap.as_of is not None
+    gpu = next(d for d in snap.devices if "H100" in d.label)
+    assert 60 < gpu.power_w < 700 and gpu.method == "measured"
+    models = {u.label: u for u in snap.models}
+    assert {"resnet50", "encoder", "mlp"} <= set(models)
+    assert models["resnet50"].requests_per_s > 10  # ~90 requests/s in the recording
+    assert all(u.cost_today is not None and u.cost_today > 0 for u in models.values())
+    total_today = sum(u.cost_today or 0.0 for u in snap.targets)
+    assert snap.cost_today is not None and total_today <= snap.cost_today + 1e-12
+
+
+def test_once_prints_a_frame_when_not_a_terminal(store: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+    env.update(HOME=str(tmp_path))
+    done = subprocess.run(
+        [*infermeter_cmd(), "--db", store, "top", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert shows_the_store(done.stdout) and "\x1b[" not in done.stdout
+    assert sys.platform != "win32"
