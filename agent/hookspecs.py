@@ -249,9 +249,16 @@ def infermeter_price(
 def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
     """Return recommendations drawn from measured statistics.
 
-    Called by the recommend job with per-model, per-target and per-device
-    statistics over the recommend window. An implementation with too little
-    data returns nothing rather than guessing; savings are per month.
+    Called by the recommend job (and ``infermeter recommend``) once per host
+    with the statistics of the recommend window, frozen records from
+    ``infermeter.recommend_stats`` under the keys ``host``, ``window`` (t0, t1
+    in UTC seconds), ``prices`` (the PriceCard), ``models`` (per deployment:
+    calls, items, J/item and latency per batch size, dtype, device),
+    ``devices`` (utilisation, memory, idle and keep-warm energy and cost) and
+    ``targets`` (keep-warm stretches). An implementation with too little data
+    returns nothing rather than guessing. Savings are per month (USD, kWh,
+    kgCO2e) with a range; the core drops malformed answers and caps a saving
+    at the measured cost it states.
     """
 
 

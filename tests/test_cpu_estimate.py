@@ -225,7 +225,8 @@ def test_target_born_inside_the_interval_is_charged_from_its_start(
     targets = {child.pid: target_of(child)}
     [reading] = meter.read(time.time(), targets)
     total = cpu_seconds(child.pid)  # all of its life, interpreter start-up included
-    assert total >= 0.5
+    # /proc counts whole clock ticks: 0.5 s of process_time can read as 0.49.
+    assert total >= 0.45
     assert reading.weights[child.pid] == pytest.approx(total, abs=0.03)
 
 
