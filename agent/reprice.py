@@ -302,9 +302,20 @@ def _reprice_shares(
         result.shares_after.add(p.energy_cost, p.capacity_cost, p.carbon_g)
         _count_previous(result, r.price_card_id, versions)
         updates.append(_values(r.id, p, card_id))
+    _write_prices(conn, UsageShare, updates)
+    result.shares += len(rows)
+    return {math.floor(r.t0 / 3600) * 3600 for r in rows}
+
+
+def _write_prices(
+    conn: Connection, table: type[UsageShare] | type[RequestRow], updates: list[dict[str, Any]]
+) -> None:
+    """One executemany UPDATE of the price columns, rows named by id."""
+    if not updates:
+        return
     conn.execute(
-        update(UsageShare)
-        .where(UsageShare.id == bindparam("_id"))
+        update(table)
+        .where(table.id == bindparam("_id"))
         .values(
             energy_cost=bindparam("_energy_cost"),
             capacity_cost=bindparam("_capacity_cost"),
@@ -313,8 +324,6 @@ def _reprice_shares(
         ),
         updates,
     )
-    result.shares += len(rows)
-    return {math.floor(r.t0 / 3600) * 3600 for r in rows}
 
 
 def _values(row_id: int, p: Price, card_id: int) -> dict[str, Any]:
@@ -400,17 +409,7 @@ def _reprice_calls(
             result.calls_after.add(p.energy_cost, p.capacity_cost, p.carbon_g)
             _count_previous(result, c.price_card_id, versions)
             updates.append(_values(c.id, p, card_id))
-    conn.execute(
-        update(RequestRow)
-        .where(RequestRow.id == bindparam("_id"))
-        .values(
-            energy_cost=bindparam("_energy_cost"),
-            capacity_cost=bindparam("_capacity_cost"),
-            carbon_g=bindparam("_carbon_g"),
-            price_card_id=bindparam("_card_id"),
-        ),
-        updates,
-    )
+    _write_prices(conn, RequestRow, updates)
     result.calls += len(calls)
     return {math.floor(c.t0 / 3600) * 3600 for c in calls}
 
