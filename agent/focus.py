@@ -54,7 +54,9 @@ FOCUS_VERSION = "1.2"
 SPEC_SOURCE = (
     "FOCUS 1.2, https://focus.finops.org/focus-specification/v1-2/ ; the column files "
     "specification/columns/*.md of github.com/FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec "
-    "(tag v1.2), Content Constraints of each column"
+    "(tag v1.2), requirement text of each column; presence levels checked against the "
+    "CostAndUsage-D-* presence rules of github.com/finopsfoundation/focus_validator "
+    "focus_validator/rules/model-1.2.json (FOCUSVersion 1.2)"
 )
 J_PER_KWH = 3_600_000.0
 
@@ -117,6 +119,13 @@ AI_SUBCATEGORIES = (
 )
 
 # Every column of FOCUS 1.2 (57), alphabetical as the specification lists them.
+# Levels are the 1.2 presence rules: "MUST be present" is Mandatory, "MUST be present
+# ... when <the provider supports X>" Conditional, "is RECOMMENDED to be present"
+# Recommended (InvoiceId, new in 1.2, is Recommended, not Conditional). ``nullable``
+# follows the requirement text, which wins where 1.2's Content Constraints table
+# disagrees: PricingCurrency and PricingCurrencyEffectiveCost say "MUST NOT be null"
+# although their tables say "Allows nulls: True" (a slip: a later revision of the
+# PricingCurrency file changes its table to False).
 SPEC_COLUMNS: tuple[Column, ...] = (
     Column("AvailabilityZone", R, STR, True),
     Column("BilledCost", M, DEC, False),
@@ -146,14 +155,14 @@ SPEC_COLUMNS: tuple[Column, ...] = (
     Column("ContractedCost", M, DEC, False),
     Column("ContractedUnitPrice", C, DEC, True),
     Column("EffectiveCost", M, DEC, False),
-    Column("InvoiceId", C, STR, True),
+    Column("InvoiceId", R, STR, True),
     Column("InvoiceIssuerName", M, STR, False),
     Column("ListCost", M, DEC, False),
     Column("ListUnitPrice", C, DEC, True),
     Column("PricingCategory", C, STR, True, ("Standard", "Dynamic", "Committed", "Other")),
-    Column("PricingCurrency", C, STR, True),
+    Column("PricingCurrency", C, STR, False),
     Column("PricingCurrencyContractedUnitPrice", C, DEC, True),
-    Column("PricingCurrencyEffectiveCost", C, DEC, True),
+    Column("PricingCurrencyEffectiveCost", C, DEC, False),
     Column("PricingCurrencyListUnitPrice", C, DEC, True),
     Column("PricingQuantity", M, DEC, True),
     Column("PricingUnit", M, STR, True),
@@ -179,6 +188,10 @@ SPEC_COLUMNS: tuple[Column, ...] = (
 SPEC_BY_NAME = {c.name: c for c in SPEC_COLUMNS}
 
 # The optional columns this export fills; every Mandatory column is always there.
+# InvoiceId (Recommended) is left out: an internal chargeback issues no invoice, and
+# 1.2 requires InvoiceId to be null for charges without one, so it would be all empty.
+# ServiceSubcategory and ChargeFrequency, the other Recommended columns that apply,
+# are filled.
 EMITTED_OPTIONAL = (
     "ChargeFrequency",
     "ConsumedQuantity",

@@ -55,6 +55,33 @@ MANDATORY = {
     "ServiceCategory",
     "ServiceName",
 }
+# FOCUS 1.2's Recommended columns ("is RECOMMENDED to be present"); every other column
+# is Conditional ("MUST be present ... when"). Same source: the 1.2 requirement text, and
+# the CostAndUsage-D-* presence rules of focus_validator's model-1.2.json.
+RECOMMENDED = {"AvailabilityZone", "ChargeFrequency", "InvoiceId", "ServiceSubcategory"}
+# The columns whose 1.2 requirement text says "MUST NOT be null" without a condition.
+NOT_NULL = {
+    "BilledCost",
+    "BillingAccountId",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeFrequency",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "PricingCurrency",
+    "PricingCurrencyEffectiveCost",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
+    "ServiceSubcategory",
+}
 DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
@@ -142,11 +169,12 @@ def test_the_column_list_is_focus_1_2() -> None:
     assert len(names) == 57 and len(set(names)) == 57
     assert names == sorted(names)  # the specification lists them alphabetically
     assert {c.name for c in focus.SPEC_COLUMNS if c.level is focus.Level.MANDATORY} == MANDATORY
-    assert {c.name for c in focus.SPEC_COLUMNS if c.level is focus.Level.RECOMMENDED} == {
-        "AvailabilityZone",
-        "ChargeFrequency",
-        "ServiceSubcategory",
-    }
+    levels = {c.name: c.level for c in focus.SPEC_COLUMNS}
+    assert {n for n, level in levels.items() if level is focus.Level.RECOMMENDED} == RECOMMENDED
+    assert {n for n, level in levels.items() if level is focus.Level.CONDITIONAL} == (
+        set(names) - MANDATORY - RECOMMENDED
+    )
+    assert {c.name for c in focus.SPEC_COLUMNS if not c.nullable} == NOT_NULL
     assert "focus.finops.org/focus-specification/v1-2" in focus.SPEC_SOURCE
     exported = [c.name for c in focus.EXPORT_COLUMNS]
     assert set(exported) >= MANDATORY
