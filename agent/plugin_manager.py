@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import Distribution, EntryPoint, entry_points
 from typing import Any
 
 import pluggy
@@ -46,7 +46,9 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(GROUP)
         self.add_hookspecs(hookspecs)
         self.failures: list[LoadFailure] = []
-        self._dists: dict[str, tuple[str | None, str | None]] = {}
+        # Reading a distribution's name parses its METADATA file: only
+        # ``describe`` (the plugins command) needs it, not every start-up.
+        self._dists: dict[str, Distribution | None] = {}
 
     def load_entry_points(self, blocked: Iterable[str] = ()) -> None:
         blocked = set(blocked)
@@ -66,11 +68,7 @@ class PluginManager(pluggy.PluginManager):
             log.warning("plugin %s (%s) failed to load: %s", ep.name, ep.value, e)
             self.failures.append(LoadFailure(ep.name, f"{type(e).__name__}: {e}"))
             return
-        dist = ep.dist
-        self._dists[ep.name] = (
-            dist.metadata["Name"] if dist else None,
-            dist.version if dist else None,
-        )
+        self._dists[ep.name] = ep.dist
 
     def block(self, names: Iterable[str]) -> None:
         """Unregister plugins disabled in config (after the file was read)."""
@@ -83,7 +81,9 @@ class PluginManager(pluggy.PluginManager):
             if plugin is None:
                 continue
             hooks = tuple(sorted(h.name for h in self.get_hookcallers(plugin) or ()))
-            dist, version = self._dists.get(name, (None, None))
+            found = self._dists.get(name)
+            dist = found.metadata["Name"] if found is not None else None
+            version = found.version if found is not None else None
             module = getattr(plugin, "__name__", type(plugin).__module__)
             infos.append(PluginInfo(name, hooks, version, dist, module))
         return infos

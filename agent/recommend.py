@@ -18,57 +18,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from infermeter.config import Config, Option
-from infermeter.hookspecs import hookimpl
+from infermeter.config import Config
 from infermeter.pricing import PriceCard
 from infermeter.recommend_build import build_stats
 from infermeter.recommend_money import CONFIDENCES
+from infermeter.recommend_options import OPTIONS, setting
 from infermeter.recommend_stats import Stats
 from infermeter.recommend_store import upsert
 from infermeter.records import Device, Recommendation
 from infermeter.store.models import Host, UsageShare
 
 log = logging.getLogger(__name__)
-
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "recommend",
-        "window_s",
-        86400.0,
-        "Seconds of measurements a recommend run judges, ending at the newest; "
-        "monthly savings extrapolate what was seen in it.",
-    ),
-    Option(
-        "recommend",
-        "profile_s",
-        86400.0,
-        "Seconds of history for a deployment's batch-size profile and for "
-        "measured comparisons (the same model at another precision); every "
-        "stored call in it is read once per run (~25 us each).",
-    ),
-    Option(
-        "recommend",
-        "min_savings_usd_month",
-        1.0,
-        "Advice that would save less than this per month is not kept.",
-        (int, float),
-    ),
-)
-
-
-def setting(config: Config, options: Sequence[Option], key: str) -> Any:
-    """A plugin's option from the config, or its default when the config lacks it."""
-    section = options[0].section
-    values = config.section(section)
-    if key in values:
-        return values[key]
-    return next(o.default for o in options if o.key == key)
 
 
 def _well_formed(rec: Any) -> str | None:
@@ -181,8 +147,3 @@ def run(
     recs = collect(pm, stats, config)
     upsert(engine, recs, now)
     return recs
-
-
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS

@@ -24,14 +24,15 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
-
-import psutil
+from typing import IO, TYPE_CHECKING, Any
 
 from infermeter.config import Config
 from infermeter.plugins.cpu_power import cpu_model_name, logical_cpus
 from infermeter.plugins.cpu_weights import ProcKey, SystemTimes, busy_seconds
 from infermeter.records import Framework, Target
+
+if TYPE_CHECKING:  # the recorder imports it when it records
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ class CpuTimesRecorder:
         self._f: IO[str] = (out_dir / CPU_TIMES).open("w", encoding="utf-8")
 
     def _handles(self, targets: Mapping[int, Target]) -> dict[tuple[int, float], psutil.Process]:
+        import psutil
+
         keys = {(t.pid, t.start_time) for t in targets.values()}
         self._procs = {k: p for k, p in self._procs.items() if k in keys}
         for pid, start in keys - self._procs.keys():
@@ -204,6 +207,8 @@ class CpuTimesRecorder:
         return self._procs
 
     def sample(self, now: float, targets: Mapping[int, Target]) -> None:
+        import psutil
+
         t = psutil.cpu_times()
         system = {
             name: getattr(t, name)

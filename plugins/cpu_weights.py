@@ -28,8 +28,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import psutil
-
 from infermeter import processes
 from infermeter.records import Target
 
@@ -87,6 +85,8 @@ class PsutilTimes:
     """The live source: the host's times from psutil, each target's from /proc."""
 
     def system(self, now: float) -> SystemTimes:
+        import psutil  # here, not at load: most processes that load plugins never meter
+
         clock = time.clock_gettime(time.CLOCK_BOOTTIME)
         return SystemTimes(busy_seconds(psutil.cpu_times()), psutil.cpu_count() or 1, clock)
 
@@ -96,6 +96,8 @@ class PsutilTimes:
         Start times are ``ticks / CLK_TCK + btime`` and ``btime`` is whole
         seconds, so only the since-boot part can be compared with a clock.
         """
+        import psutil
+
         return start_time - float(psutil.boot_time())
 
     def process(self, pid: int, start_time: float, now: float) -> float | None:

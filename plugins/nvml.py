@@ -24,20 +24,19 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pynvml
+from typing import TYPE_CHECKING, Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.hookspecs import Meter, Recorder
-from infermeter.plugins.nvml_devices import Gpu, open_gpus
-from infermeter.plugins.nvml_meter import NvmlMeter
-from infermeter.plugins.nvml_record import NvmlRecorder
-from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
-from infermeter.plugins.nvml_samples import why
-from infermeter.plugins.nvml_trace import device_indices, replay_targets, trace_window
-from infermeter.records import Target
+
+# Every process that loads plugins loads this one, most of them never to
+# meter a GPU (a report, an instrumented application): pynvml and the meter
+# modules are imported by the hooks that use them.
+if TYPE_CHECKING:
+    from infermeter.hookspecs import Meter, Recorder
+    from infermeter.plugins.nvml_devices import Gpu
+    from infermeter.plugins.nvml_meter import NvmlMeter
+    from infermeter.records import Target
 
 log = logging.getLogger("infermeter.plugins.nvml")
 
@@ -52,9 +51,9 @@ OPTIONS = (
     ),
 )
 _HINTS = {
-    pynvml.NVMLError_LibraryNotFound: "no NVIDIA driver library (libnvidia-ml.so.1) on this host",
-    pynvml.NVMLError_DriverNotLoaded: "the NVIDIA driver is not loaded",
-    pynvml.NVMLError_NoPermission: "no permission to use NVML: run the agent with access to "
+    "NVMLError_LibraryNotFound": "no NVIDIA driver library (libnvidia-ml.so.1) on this host",
+    "NVMLError_DriverNotLoaded": "the NVIDIA driver is not loaded",
+    "NVMLError_NoPermission": "no permission to use NVML: run the agent with access to "
     "/dev/nvidiactl",
 }
 
@@ -65,10 +64,18 @@ def _setting(config: Config, key: str) -> Any:
 
 def open_nvml(nvml: Any) -> list[Gpu] | None:
     """nvmlInit and list the GPUs; None (logged once, NVML released) when there are none."""
+    import pynvml
+
+    from infermeter.plugins.nvml_devices import open_gpus
+    from infermeter.plugins.nvml_samples import why
+
     try:
         nvml.nvmlInit()
     except pynvml.NVMLError as e:
-        hint = next((h for cls, h in _HINTS.items() if isinstance(e, cls)), "NVML cannot start")
+        hint = next(
+            (h for name, h in _HINTS.items() if isinstance(e, getattr(pynvml, name))),
+            "NVML cannot start",
+        )
         # A host without the library is a CPU host, not a fault; anything else is.
         level = logging.INFO if isinstance(e, pynvml.NVMLError_LibraryNotFound) else logging.WARNING
         log.log(level, "no NVIDIA GPU metering: %s (%s)", hint, why(e))
@@ -90,6 +97,8 @@ def open_nvml(nvml: Any) -> list[Gpu] | None:
 
 def open_meters(nvml: Any, config: Config) -> list[NvmlMeter]:
     """The live meter over ``nvml`` (pynvml), polling in its own thread; [] without GPUs."""
+    from infermeter.plugins.nvml_meter import NvmlMeter
+
     if not _setting(config, "enabled"):
         return []
     gpus = open_nvml(nvml)
@@ -111,11 +120,17 @@ def infermeter_config_options() -> Sequence[Option]:
 
 @hookimpl
 def infermeter_meters(config: Config) -> Sequence[Meter]:
+    import pynvml
+
     return open_meters(pynvml, config)
 
 
 @hookimpl
 def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
+    import pynvml
+
+    from infermeter.plugins.nvml_record import NvmlRecorder
+
     if not _setting(config, "enabled"):
         return []
     gpus = open_nvml(pynvml)
@@ -124,6 +139,9 @@ def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
 
 @hookimpl
 def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]:
+    from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
+    from infermeter.plugins.nvml_trace import device_indices
+
     if not _setting(config, "enabled") or not device_indices(trace_dir):
         return []
     return [ReplayNvmlMeter(NvmlStandIn.from_trace(trace_dir))]
@@ -131,9 +149,13 @@ def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]
 
 @hookimpl
 def infermeter_replay_targets(trace_dir: Path, config: Config) -> Sequence[Target]:
+    from infermeter.plugins.nvml_trace import replay_targets
+
     return replay_targets(trace_dir)
 
 
 @hookimpl
 def infermeter_replay_window(trace_dir: Path) -> tuple[float, float] | None:
+    from infermeter.plugins.nvml_trace import trace_window
+
     return trace_window(trace_dir)

@@ -30,13 +30,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import pynvml
-
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.errors import InfermeterError
-from infermeter.recommend import setting
 from infermeter.recommend_money import Subject, WindowSaving, advice, rounded
+from infermeter.recommend_options import setting
 from infermeter.recommend_stats import DeviceSample, DeviceStats, devices_of, prices_of, window_of
 from infermeter.records import Recommendation
 
@@ -198,8 +196,6 @@ def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[R
 
 # ----- applying it ------------------------------------------------------------
 
-_NO_NVML = (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded)
-
 
 def apply_power_cap(nvml: Any, device_uid: str, limit_w: float) -> float:
     """Set a GPU's power limit through ``nvml`` (pynvml, or a stand-in); returns it as read back.
@@ -208,10 +204,12 @@ def apply_power_cap(nvml: Any, device_uid: str, limit_w: float) -> float:
     no such GPU here, a limit outside the range the driver reports now, or
     no permission (setting a limit needs root).
     """
+    import pynvml  # only applying advice needs it, not advising
+
     try:
         nvml.nvmlInit()
     except pynvml.NVMLError as e:
-        if isinstance(e, _NO_NVML):
+        if isinstance(e, (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded)):
             raise InfermeterError(
                 f"cannot set a power limit: no NVIDIA driver or NVML on this host ({e})"
             ) from None

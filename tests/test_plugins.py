@@ -4,6 +4,7 @@ import inspect
 import json
 import logging
 import subprocess
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -88,6 +89,24 @@ def test_builtin_plugins_load_through_entry_points() -> None:
         assert names[builtin].distribution == "infermeter"
         assert names[builtin].module.startswith("infermeter.plugins.")
     assert pm.failures == []
+
+
+def test_loading_every_plugin_loads_no_store_and_no_driver() -> None:
+    """Instrumented applications and every CLI command load all plugins: that must stay light."""
+    script = (
+        "import sys\n"
+        "from infermeter.plugin_manager import make_plugin_manager\n"
+        "pm = make_plugin_manager()\n"
+        "assert not pm.failures, pm.failures\n"
+        "print(len(pm.describe()))\n"
+        "heavy = ('sqlalchemy', 'alembic', 'pynvml', 'psutil', 'rich', 'apscheduler')\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    count, loaded = done.stdout.splitlines()
+    assert int(count) >= 16
+    assert loaded == ""
 
 
 def test_blocked_plugin_is_not_loaded() -> None:

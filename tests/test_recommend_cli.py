@@ -28,8 +28,9 @@ from infermeter.errors import InfermeterError
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.plugins import recommend_powercap
 from infermeter.plugins.nvml_replay import NvmlStandIn
-from infermeter.recommend import OPTIONS, collect
+from infermeter.recommend import collect
 from infermeter.recommend_money import Subject, WindowSaving, advice
+from infermeter.recommend_options import OPTIONS
 from infermeter.recommend_stats import Stats
 from infermeter.recommend_store import find, listing, set_status, upsert
 from infermeter.records import Recommendation
