@@ -252,21 +252,25 @@ class Agent:
         while len(self._pending_readings) > self._max_pending:
             self._pending_readings.popleft()
 
-    def rollup(self, now: float | None = None) -> int:
-        """Hourly rollups of shares, then of requests, device busy time and weight basis."""
+    def rollup(self, now: float | None = None, final: bool = False) -> int:
+        """Hourly rollups of shares, requests, device busy time and weight basis.
+
+        Rows of the last seconds may still be on their way (a flush leaves
+        span_lag_s unattributed and a flush comes every flush_s), so the
+        rollups stop that long before now, unless this is the last rollup
+        after the final flush.
+        """
         from infermeter.store.request_rollup import rollup_store
 
         if self.store is None:
             return 0
         now = time.time() if now is None else now
+        lag_s = float(self.config["agent.span_lag_s"]) + 2 * float(self.config["agent.flush_s"])
+        until = now if final else now - lag_s
         since = self.store.get_state("rollup_until")
         since = float(since) - 3600 if since is not None else 0.0
-        rows = self.store.rollup(since, now)
-        # Rows of the last seconds may still be on their way: a flush leaves
-        # span_lag_s unattributed and a flush comes every flush_s.
-        lag_s = float(self.config["agent.span_lag_s"]) + 2 * float(self.config["agent.flush_s"])
-        rows += rollup_store(self.store, since, now, lag_s)
-        self.store.set_state("rollup_until", now)
+        rows = rollup_store(self.store, since, until)
+        self.store.set_state("rollup_until", until)
         return rows
 
     def prune(self, now: float | None = None) -> int:

@@ -234,7 +234,7 @@ def replay(
         if progress is not None:
             progress((now - t_start) / max(t_end - t_start, 1e-9))
     written += agent.flush(now, final=True)
-    agent.rollup(now)
+    agent.rollup(now, final=True)
     agent.close()
     return ReplayResult(
         host=host,

@@ -1,8 +1,9 @@
-"""What the report reads: rollups for whole hours, raw rows for the rest.
+"""What the report reads: rollups for the hours they cover, raw rows for the rest.
 
-A report's range [since, until) is cut per host into the whole hours that
-the host's rollups already cover for good (``request_rollup.complete_until``)
-and the rest, read from the raw tables (usage_shares, requests,
+A report's range [since, until) is cut per host into the hours that the
+host's rollups already cover for good (``request_rollup.complete_until``;
+the last of them may be partial, rolled up to that point) and the rest,
+read from the raw tables (usage_shares, requests,
 device_windows). Both halves are aggregated in SQL to one row per group,
 device, hour, bucket and method, so what reaches Python is small whatever
 the number of stored rows. The hour of a raw row is the hour of its t0, as
@@ -39,6 +40,7 @@ from infermeter.store.request_rollup import (
     basis_hourly_select,
     complete_until,
     device_hourly_select,
+    hour_floor,
     hour_sql,
 )
 from infermeter.store.request_sql import raw_request_totals
@@ -53,6 +55,8 @@ USAGE_KEY = {
     "device": "device_id",
     "host": "host_id",
 }
+# request_hourly's counters, summed as they are.
+COUNTERS = ("requests", "calls", "items", "tokens_in", "tokens_out", "unpriced_requests")
 REQUEST_GRAIN: dict[str, tuple[str, str] | None] = {
     "model": ("model", "model_id"),
     "tenant": ("host", "tenant"),
@@ -78,7 +82,7 @@ class Plan:
 
     @property
     def rollup_hours(self) -> int:
-        return sum(round((s.hi - s.lo) / HOUR_S) * len(s.host_ids) for s in self.rollup)
+        return sum(math.ceil((s.hi - s.lo) / HOUR_S) * len(s.host_ids) for s in self.rollup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +110,24 @@ class UsageRow:
 
 
 def plan(conn: Connection, since: float, until: float, use_rollups: bool = True) -> Plan:
-    """Cut [since, until) per host into rolled-up whole hours and raw edges."""
+    """Cut [since, until) per host into rolled-up hours and raw edges.
+
+    A host's rollup rows are final up to its ``complete_until`` point ``done``:
+    whole hours before it, and the rows of its own hour cover [hour, done).
+    They serve the hours from the first whole hour in range up to ``done``
+    (or, when the range ends earlier, up to the last whole hour before
+    ``until``); the partial hour at the start and whatever follows come
+    from the raw rows.
+    """
     host_ids = [int(h) for h in conn.execute(select(Host.id)).scalars()]
     done = complete_until(conn) if use_rollups else {}
     first_whole = math.ceil(since / HOUR_S) * HOUR_S
-    last_whole = math.floor(until / HOUR_S) * HOUR_S
     by_cut: dict[float, list[int]] = {}
     for host_id in host_ids:
         cut = first_whole
         if host_id in done:
-            cut = max(first_whole, min(last_whole, math.floor(done[host_id] / HOUR_S) * HOUR_S))
+            end = done[host_id] if done[host_id] <= until else hour_floor(until)
+            cut = max(first_whole, end)
         by_cut.setdefault(cut, []).append(host_id)
     rollup: list[Segment] = []
     raw: list[Segment] = []
@@ -272,40 +284,9 @@ def request_totals(
             raise ValueError(f"requests belong to no single {by}")
         picks.append(which)
     outs: list[dict[Any, RequestTotals]] = [{} for _ in picks]
-    rh = RequestHourly.__table__
     for (grain, key_name), out in zip(picks, outs, strict=True):
         for seg in p.rollup:
-            q = select(
-                rh.c[key_name] if key_name else rh.c.host_id,
-                rh.c.requests,
-                rh.c.calls,
-                rh.c["items"],
-                rh.c.tokens_in,
-                rh.c.tokens_out,
-                rh.c.energy_j,
-                rh.c.energy_cost,
-                rh.c.capacity_cost,
-                rh.c.carbon_g,
-                rh.c.unpriced_requests,
-                rh.c.cost_hist,
-            ).where(rh.c.grain == grain, *_in(seg, rh.c.host_id, rh.c.hour))
-            for r in conn.execute(q):
-                key = r[0] if key_name else None
-                out.setdefault(key, RequestTotals()).add(
-                    RequestTotals(
-                        requests=int(r.requests),
-                        calls=int(r.calls),
-                        items=int(r._mapping["items"]),
-                        tokens_in=int(r.tokens_in),
-                        tokens_out=int(r.tokens_out),
-                        energy_j=float(r.energy_j),
-                        energy_cost=_opt(r.energy_cost),
-                        capacity_cost=_opt(r.capacity_cost),
-                        carbon_g=_opt(r.carbon_g),
-                        unpriced_requests=int(r.unpriced_requests),
-                        hist={str(k): int(v) for k, v in (r.cost_hist or {}).items()},
-                    )
-                )
+            _rolled_up_requests(conn, seg, grain, key_name, out)
     r_c = RequestRow.__table__.c
     t_c = TargetRow.__table__.c
     grains = sorted({grain for grain, _key in picks})
@@ -317,6 +298,55 @@ def request_totals(
                 group = key[key_at[key_name]] if key_name else None
                 out.setdefault(group, RequestTotals()).add(totals)
     return outs
+
+
+def _rolled_up_requests(
+    conn: Connection, seg: Segment, grain: str, key_name: str, out: dict[Any, RequestTotals]
+) -> None:
+    """Add the request_hourly rows of one grain and segment to ``out``, per group key.
+
+    The counters and money are summed in SQL (a money sum is None once any
+    hour of the group was unpriced); only the histograms, thousands of small
+    JSON objects over a week, are merged here, in one tight loop.
+    """
+    rh = RequestHourly.__table__.c
+    key = rh[key_name] if key_name else rh.host_id
+    where = [rh.grain == grain, *_in(seg, rh.host_id, rh.hour)]
+    money = ("energy_cost", "capacity_cost", "carbon_g")
+    sums = conn.execute(
+        select(
+            key.label("key"),
+            *(func.sum(rh[c]).label(c) for c in COUNTERS),
+            func.sum(rh.energy_j).label("energy_j"),
+            *(func.sum(rh[c]).label(c) for c in money),
+            *((func.count() - func.count(rh[c])).label(f"{c}_null") for c in money),
+        )
+        .where(*where)
+        .group_by(key)
+    )
+    for r in sums:
+        m = r._mapping
+        out.setdefault(r.key if key_name else None, RequestTotals()).add(
+            RequestTotals(
+                requests=int(m["requests"] or 0),
+                calls=int(m["calls"] or 0),
+                items=int(m["items"] or 0),
+                tokens_in=int(m["tokens_in"] or 0),
+                tokens_out=int(m["tokens_out"] or 0),
+                energy_j=float(m["energy_j"] or 0.0),
+                energy_cost=None if m["energy_cost_null"] else float(m["energy_cost"] or 0.0),
+                capacity_cost=None if m["capacity_cost_null"] else float(m["capacity_cost"] or 0),
+                carbon_g=None if m["carbon_g_null"] else float(m["carbon_g"] or 0.0),
+                unpriced_requests=int(m["unpriced_requests"] or 0),
+            )
+        )
+    hists: dict[Any, dict[str, int]] = {}
+    for group, hist in conn.execute(select(key, rh.cost_hist).where(*where)):
+        into = hists.setdefault(group if key_name else None, {})
+        for bucket, count in (hist or {}).items():
+            into[bucket] = into.get(bucket, 0) + count
+    for group, hist in hists.items():
+        out.setdefault(group, RequestTotals()).add(RequestTotals(hist=hist))
 
 
 def percentile(totals: RequestTotals, q: float) -> float | None:

@@ -441,17 +441,20 @@ def _refresh_rollups(
                 result.hours_kept.append(hour)
             else:
                 rebuild.append(hour)
-    for first, last in _runs(rebuild):
-        store.rollup(first, last + 3600)
-        with engine.begin() as conn:
-            _refresh_request_rollups(conn, host_id, first, last + 3600)
-        result.hours_rolled_up += round((last - first) / 3600) + 1
-
-
-def _refresh_request_rollups(conn: Connection, host_id: int, since: float, until: float) -> None:
     from infermeter.store import request_rollup
 
-    request_rollup.refresh(conn, host_id, since, until)
+    with engine.connect() as conn:
+        final_until = request_rollup.complete_until(conn).get(host_id, math.inf)
+    for first, last in _runs(rebuild):
+        # The agent rolls up only to where its rows are final; rolling up
+        # further would count the rows after it twice in the report.
+        until = min(last + 3600, final_until)
+        if until <= first:
+            continue
+        store.rollup(first, until)
+        with engine.begin() as conn:
+            request_rollup.refresh(conn, host_id, first, until)
+        result.hours_rolled_up += math.ceil((until - first) / 3600)
 
 
 def _runs(hours: Sequence[float]) -> list[tuple[float, float]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infermeter.cli.report import parse_duration, render
+from infermeter.cli.report import render, since_start
 from infermeter.report import GROUPINGS, Report, build_report
 from infermeter.store.engine import open_engine
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     url = f"sqlite:///{args.db}"
     now = time.time()
-    start = now - parse_duration(args.since)
+    start = since_start(args.since, now)  # as the command reads --since
     engine = open_engine(url)
     print(f"store {args.db} ({args.db.stat().st_size / 2**30:.1f} GiB), range --since {args.since}")
     print(f"{'by':8} {'share-idle':10} {'first s':>8} {'best s':>8} {'render s':>9}  read")

@@ -1,15 +1,16 @@
 """Fill a SQLite store with millions of requests, as a busy host would, for bench_report.
 
 One host, two H100s and a CPU, four models (one process each), three
-tenants. The requests (10 million by default) are spread evenly over the
-last ``--days`` days up to now; one call in five belongs to a request of
-two calls across two models. The shares (one flush every 10 s: idle,
-keep-warm, active per model and tenant, other) and the device windows
-cover the same days, priced like the example card. Rows go in with
-``INSERT ... SELECT`` over a recursive CTE, a million per transaction, so
-nothing passes through Python row by row. Then the agent's own rollup code
-builds usage_hourly and the report rollups and marks them final up to 30 s
-ago, as a running agent would have.
+tenants. The requests (10 million by default, as the report counts them)
+are spread evenly over the last ``--days`` days up to now; one request in
+nine is two calls across two models, so the store holds 10/9 as many
+calls (rows of the ``requests`` table) as requests. The shares (one
+flush every 10 s: idle, keep-warm, active per model and tenant, other)
+and the device windows cover the same days, priced like the example
+card. Rows go in with ``INSERT ... SELECT`` over a recursive CTE, a
+million per transaction, so nothing passes through Python row by row.
+Then the agent's own rollup code builds usage_hourly and the report
+rollups and marks them final up to 30 s ago, as a running agent would.
 
 Run:  python benchmarks/make_requests.py [--requests 10000000] [--days 7]
       [--db /tmp/infermeter-bench.db]
@@ -78,8 +79,11 @@ def setup(db: Path, now: float) -> None:
 
 
 def fill_requests(conn: sqlite3.Connection, n: int, start: float, step: float) -> None:
-    """Call i at start + i*step, model i % 4; calls 2k, 2k+1 are one request when k % 5 == 0."""
-    tenant = "CASE abs(random()) % 3 WHEN 0 THEN 'acme' WHEN 1 THEN 'globex' ELSE 'initech' END"
+    """Call i at start + i*step, model i % 4; calls 2k, 2k+1 are one request when k % 5 == 0.
+
+    Both calls of a request carry its tenant.
+    """
+    tenant = "CASE (i / 2) % 3 WHEN 0 THEN 'acme' WHEN 1 THEN 'globex' ELSE 'initech' END"
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         conn.execute(
@@ -103,7 +107,7 @@ def fill_requests(conn: sqlite3.Connection, n: int, start: float, step: float) -
             """
         )
         conn.commit()
-        print(f"  requests {hi:,}/{n:,}", flush=True)
+        print(f"  calls {hi:,}/{n:,}", flush=True)
 
 
 def fill_shares(conn: sqlite3.Connection, start: float, end: float) -> None:
@@ -170,7 +174,7 @@ def fill_shares(conn: sqlite3.Connection, start: float, end: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", type=Path, default=Path("/tmp/infermeter-bench.db"))
-    ap.add_argument("--requests", type=int, default=10_000_000)
+    ap.add_argument("--requests", type=int, default=10_000_000, help="requests (not calls)")
     ap.add_argument("--days", type=float, default=7.0)
     args = ap.parse_args()
     now = time.time()
@@ -182,15 +186,17 @@ def main() -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-1000000")
-        fill_requests(conn, args.requests, start, (end - start) / args.requests)
+        # Of every 10 calls, 2 make one request: 9 requests.
+        calls = -(-args.requests * 10 // 9)
+        fill_requests(conn, calls, start, (end - start) / calls)
         fill_shares(conn, start, end)
     print(f"inserted in {time.perf_counter() - began:.0f} s; rolling up", flush=True)
     engine = open_engine(f"sqlite:///{args.db}")
     store = Store(engine, HOST)
     t = time.perf_counter()
-    store.rollup(0.0, now)
-    store.set_state("rollup_until", now)
-    rollup_store(store, 0.0, now, lag_s=30.0)  # first run: every hour, as the agent's would
+    # First run: every hour, final up to 30 s ago, as the agent's would be.
+    rollup_store(store, 0.0, now - 30.0)
+    store.set_state("rollup_until", now - 30.0)
     print(f"rolled up in {time.perf_counter() - t:.0f} s", flush=True)
     with engine.connect() as conn:
         for table in (

@@ -247,8 +247,7 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
             )
         )
         t = t1
-    store.rollup(0.0, t_end)
-    rollup_store(store, 0.0, t_end, lag_s=0.0)
+    rollup_store(store, 0.0, t_end)
     store.close()
     engine.dispose()
     return Synthetic(url, T0, t_end, quiet_hour)

@@ -27,7 +27,10 @@ from rich.console import Console
 from sqlalchemy import func, insert, select, text
 
 from infermeter import cost_histogram
-from infermeter.cli.report import parse_duration, parse_time, render, sig
+from infermeter.cli.report import parse_duration, parse_time, render, sig, since_start
+from infermeter.config import build_config
+from infermeter.loop import Agent
+from infermeter.plugin_manager import make_plugin_manager
 from infermeter.report import GROUPINGS, build_report
 from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
 from infermeter.store import migrate
@@ -36,9 +39,10 @@ from infermeter.store.models import (
     RecommendationRow,
     RequestHourly,
     RequestRow,
+    UsageHourly,
     UsageShare,
 )
-from infermeter.store.request_rollup import rollup_store
+from infermeter.store.request_rollup import complete_until, rollup_store
 from infermeter.store.writer import Store
 
 SERVING = FIXTURES / "h100-serving"
@@ -201,6 +205,76 @@ def test_rollups_give_what_the_raw_rows_give(synthetic: synthetic_store.Syntheti
     engine.dispose()
 
 
+def test_a_partial_last_hour_is_read_from_its_rollup(
+    synthetic: synthetic_store.Synthetic,
+) -> None:
+    """Rolled up to 50 minutes into an hour: that hour's rollup rows cover [hour, cut)."""
+    engine = open_engine(synthetic.url)
+    cut = synthetic.t_end - 1800  # a flush boundary, 50 minutes into its hour
+    assert cut % 3600 == 3000
+    store = Store(engine, synthetic_store.HOST)
+    rollup_store(store, synthetic.t_start, cut)
+    store.close()
+    lo, hi = synthetic.t_start + 600, synthetic.t_end
+    first_whole = lo - lo % 3600 + 3600
+    for by in GROUPINGS:
+        fast = build_report(engine, lo, hi, by, use_rollups=True, now=0)
+        slow = build_report(engine, lo, hi, by, use_rollups=False, now=0)
+        # Three whole hours and the partial one; raw rows only outside them.
+        assert fast.rollup_hours == 4
+        assert fast.raw_ranges == ((lo, first_whole), (cut, hi))
+        assert_close(comparable(report_json(fast)), comparable(report_json(slow)), by)
+    # A range that ends before the cut reads the partial hour raw, not its rollup.
+    early = build_report(engine, lo, cut - 60, "model", use_rollups=True, now=0)
+    assert early.rollup_hours == 3
+    assert early.raw_ranges == ((lo, first_whole), (cut - 3000, cut - 60))
+    engine.dispose()
+
+
+def test_the_agent_rolls_up_only_to_where_rows_are_final(
+    synthetic: synthetic_store.Synthetic,
+) -> None:
+    """Rows of the last span lag + two flushes may still come: the rollups stop before them."""
+    engine = open_engine(synthetic.url)
+    pm = make_plugin_manager()
+    config = build_config(
+        pm.config_options(),
+        {"agent": {"host": synthetic_store.HOST, "span_lag_s": 60.0, "flush_s": 60.0}},
+        environ={},
+    )
+    agent = Agent(config, pm, store=Store(engine, synthetic_store.HOST))
+    now = synthetic.t_end
+    agent.rollup(now)
+    cut = now - 180.0  # 60 s of span lag and two 60 s flushes
+    with engine.connect() as conn:
+        assert list(complete_until(conn).values()) == [cut]
+        last_hour = cut - cut % 3600
+        rolled, raw = (
+            conn.execute(select(func.sum(table.energy_j)).where(when >= last_hour)).scalar_one()
+            for table, when in (
+                (UsageHourly, UsageHourly.hour),
+                (UsageShare, UsageShare.t0),
+            )
+        )
+        before_cut = conn.execute(
+            select(func.sum(UsageShare.energy_j)).where(
+                UsageShare.t0 >= last_hour, UsageShare.t0 < cut
+            )
+        ).scalar_one()
+    assert rolled == pytest.approx(before_cut) and rolled < raw
+    lo = synthetic.t_start + 600
+    fast = build_report(engine, lo, now, "tenant", now=0)
+    slow = build_report(engine, lo, now, "tenant", use_rollups=False, now=0)
+    assert fast.raw_ranges[-1] == (cut, now)
+    assert_close(comparable(report_json(fast)), comparable(report_json(slow)), "tenant")
+    # The last rollup, after the final flush, goes all the way.
+    agent.rollup(now, final=True)
+    with engine.connect() as conn:
+        assert list(complete_until(conn).values()) == [now]
+    agent.close()
+    engine.dispose()
+
+
 def test_rollup_is_idempotent_and_later_rows_are_counted(
     synthetic: synthetic_store.Synthetic,
 ) -> None:
@@ -210,8 +284,8 @@ def test_rollup_is_idempotent_and_later_rows_are_counted(
     with engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(RequestHourly)).scalar_one()
     store = Store(engine, synthetic_store.HOST)
-    rollup_store(store, lo, hi, lag_s=0.0)  # again, over hours already rolled up
-    rollup_store(store, lo, hi, lag_s=0.0)
+    rollup_store(store, lo, hi)  # again, over hours already rolled up
+    rollup_store(store, lo, hi)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(RequestHourly)).scalar_one() == rows
     assert_close(
@@ -237,7 +311,7 @@ def test_rollup_is_idempotent_and_later_rows_are_counted(
                 carbon_g=1.0,
             )
         )
-    rollup_store(store, some.t0, some.t0 + 1, lag_s=0.0)
+    rollup_store(store, some.t0, hi)
     after = build_report(engine, lo, hi, "tenant", now=0)
     acme = next(g for g in after.groups if g.key == "acme")
     acme_before = next(g for g in before["groups"] if g["key"] == "acme")
@@ -538,3 +612,12 @@ def test_time_parsing() -> None:
     assert parse_time("2026-11-27T06:00", "--from") == parse_time("2026-11-27T06:00:00Z", "--to")
     assert parse_time("2026-11-27T08:00+02:00", "--from") == parse_time("2026-11-27T06:00Z", "--to")
     assert sig(0.000123) == "1.23e-4" and sig(12345.6) == "12,346" and sig(0.5) == "0.5"
+
+
+def test_since_in_hours_or_more_starts_on_the_hour() -> None:
+    end = parse_time("2026-11-27T10:20:30Z", "--to")
+    assert since_start("24h", end) == parse_time("2026-11-26T10:00Z", "--from")
+    assert since_start("7d", end) == parse_time("2026-11-20T10:00Z", "--from")
+    assert since_start("1w", end) == since_start("7d", end)
+    assert since_start("90m", end) == parse_time("2026-11-27T08:50:30Z", "--from")
+    assert since_start("30s", end) == end - 30

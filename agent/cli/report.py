@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import sys
 import time
@@ -48,6 +49,20 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
+def since_start(text: str, end: float) -> float:
+    """Where ``--since`` starts: on the hour for hours, days and weeks; exact for m and s.
+
+    A range of hours or more is read from the hourly rollups; starting it
+    on the hour spares a partial first hour read call by call (a third of
+    a second per hour of a busy host). Minutes and seconds ask for more
+    precision than that, and get it.
+    """
+    start = end - parse_duration(text)
+    if text.strip()[-1] in "hdw":
+        start = math.floor(start / 3600) * 3600
+    return start
+
+
 def parse_time(text: str, hint: str) -> float:
     """ISO 8601 (UTC unless it carries an offset) or seconds since the epoch."""
     try:
@@ -72,10 +87,7 @@ def time_range(
     if since is not None and t_from is not None:
         raise click.UsageError("give --since or --from, not both")
     end = parse_time(t_to, "--to") if t_to is not None else now
-    if t_from is not None:
-        start = parse_time(t_from, "--from")
-    else:
-        start = end - parse_duration(since or "24h")
+    start = parse_time(t_from, "--from") if t_from is not None else since_start(since or "24h", end)
     if start >= end:
         raise click.UsageError("the range is empty: --from must be before --to")
     return start, end
@@ -332,7 +344,9 @@ def _footnotes(report: Report) -> list[Text]:
 
 @cli.command()
 @click.option(
-    "--since", metavar="DURATION", help="How far back from --to: 90m, 24h, 7d (default 24h)."
+    "--since",
+    metavar="DURATION",
+    help="How far back from --to: 90m, 24h, 7d (default 24h); h, d and w start on the hour.",
 )
 @click.option(
     "--from", "t_from", metavar="TIME", help="Start: ISO 8601 (UTC unless an offset) or epoch s."

@@ -22,15 +22,17 @@ the hour of its ``t0``, as in ``usage_hourly``.
 
 Up to where the rollups are final is stored per host as the agent state
 ``COMPLETE_KEY``: the rollup time less the flush lag, since rows for the
-last seconds may still be on their way. The report reads rollups only for
-whole hours before it, and raw rows elsewhere.
+last seconds may still be on their way. Rows from that point on are not
+rolled up at all, so the rollup rows of its hour cover [hour, point)
+exactly: the report reads them for that hour too, and raw rows only from
+the point on (a few minutes at most while the agent runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -64,7 +66,9 @@ from infermeter.store.request_sql import (
     hour_sql,
     raw_request_totals,
 )
-from infermeter.store.writer import Store
+
+if TYPE_CHECKING:  # the report reads these tables without loading the writer
+    from infermeter.store.writer import Store
 
 __all__ = [
     "COMPLETE_KEY",
@@ -223,15 +227,20 @@ def complete_until(conn: Connection) -> dict[int, float]:
     return out
 
 
-def rollup_store(store: Store, since: float, until: float, lag_s: float) -> int:
-    """The agent's rollup step for these tables; the first run backfills every hour.
+def rollup_store(store: Store, since: float, until: float) -> int:
+    """The agent's rollup step: ``usage_hourly``, then these tables; the first run backfills.
 
-    ``lag_s``: how long rows may take to reach the store after their end
-    (span lag + a flush or two); the rollups are final only up to then.
+    ``until`` is the point the rollups become final at: the caller passes
+    the rollup time less how long rows may take to reach the store. Rows
+    from ``until`` on are left out, so the last hour's rollup rows cover
+    exactly [hour, until) and the report reads only what follows from the
+    raw tables.
     """
     first_run = store.get_state(COMPLETE_KEY) is None
+    since = 0.0 if first_run else since
+    rows = store.rollup(since, until)
     with store.engine.begin() as conn:
         host_id = store.host_id(conn, until)
-        result = refresh(conn, host_id, 0.0 if first_run else since, until)
-    store.set_state(COMPLETE_KEY, until - lag_s)
-    return result.request_rows + result.device_rows + result.basis_rows
+        result = refresh(conn, host_id, since, until)
+    store.set_state(COMPLETE_KEY, until)
+    return rows + result.request_rows + result.device_rows + result.basis_rows
