@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 
 from infermeter import cost_histogram
 from infermeter import report_query as rq
-from infermeter.store.models import RecommendationRow
+from infermeter.store import schema
 from infermeter.store.request_rollup import RequestTotals
 
 GROUPINGS = ("model", "tenant", "target", "device", "host")
@@ -381,7 +381,7 @@ def _group(by: str, gid: GroupId, acc: _Acc, req: RequestTotals | None, names: r
 def _recommendations(conn: Any, limit: int) -> tuple[RecommendationLine, ...]:
     if limit <= 0:
         return ()
-    r = RecommendationRow
+    r = schema.recommendations.c
     rows = conn.execute(
         select(
             r.kind,

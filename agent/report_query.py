@@ -20,20 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, FromClause, case, func, or_, select
 
 from infermeter import cost_histogram
-from infermeter.store.models import (
-    DeviceHourly,
-    DeviceRow,
-    DeviceWindow,
-    Host,
-    ModelRow,
-    PriceCardRow,
-    RequestHourly,
-    RequestRow,
-    TargetRow,
-    UsageBasisHourly,
-    UsageHourly,
-    UsageShare,
-)
+from infermeter.store import schema
 from infermeter.store.request_rollup import (
     HOUR_S,
     RequestTotals,
@@ -119,7 +106,7 @@ def plan(conn: Connection, since: float, until: float, use_rollups: bool = True)
     ``until``); the partial hour at the start and whatever follows come
     from the raw rows.
     """
-    host_ids = [int(h) for h in conn.execute(select(Host.id)).scalars()]
+    host_ids = [int(h) for h in conn.execute(select(schema.hosts.c.id)).scalars()]
     done = complete_until(conn) if use_rollups else {}
     first_whole = math.ceil(since / HOUR_S) * HOUR_S
     by_cut: dict[float, list[int]] = {}
@@ -173,7 +160,7 @@ def usage_rows(conn: Connection, p: Plan, by: str) -> list[UsageRow]:
     out: list[UsageRow] = []
     key_name = USAGE_KEY[by]
     for seg in p.rollup:
-        h = UsageHourly.__table__
+        h = schema.usage_hourly
         q = (
             select(h.c.host_id, h.c.device_id, h.c.hour, h.c[key_name].label("key"), h.c.bucket)
             .add_columns(h.c.method, *_money_columns(h))
@@ -181,7 +168,7 @@ def usage_rows(conn: Connection, p: Plan, by: str) -> list[UsageRow]:
             .group_by(h.c.host_id, h.c.device_id, h.c.hour, h.c[key_name], h.c.bucket, h.c.method)
         )
         out.extend(_usage(conn.execute(q)))
-    s = UsageShare.__table__
+    s = schema.usage_shares
     hour = hour_sql(s.c.t0, conn.dialect.name).label("hour")
     for seg in p.raw:
         q = (
@@ -224,7 +211,7 @@ def basis_rows(conn: Connection, p: Plan, by: str) -> list[tuple[Any, str, str, 
     """(key, bucket, weight basis, energy J) over the range."""
     key_name = USAGE_KEY[by]
     out: list[tuple[Any, str, str, float]] = []
-    b = UsageBasisHourly.__table__
+    b = schema.usage_basis_hourly
     for seg in p.rollup:
         q = (
             select(b.c[key_name], b.c.bucket, b.c.weight_basis, func.sum(b.c.energy_j))
@@ -232,7 +219,7 @@ def basis_rows(conn: Connection, p: Plan, by: str) -> list[tuple[Any, str, str, 
             .group_by(b.c[key_name], b.c.bucket, b.c.weight_basis)
         )
         out.extend((r[0], str(r[1]), str(r[2]), float(r[3] or 0.0)) for r in conn.execute(q))
-    s = UsageShare.__table__
+    s = schema.usage_shares
     for seg in p.raw:
         raw = basis_hourly_select(conn.dialect.name, _in(seg, s.c.host_id, s.c.t0)).subquery()
         q = select(
@@ -255,7 +242,7 @@ def device_busy(conn: Connection, p: Plan) -> dict[tuple[int, float], tuple[floa
                 known + float(r.busy_known_seconds or 0.0),
             )
 
-    d = DeviceHourly.__table__
+    d = schema.device_hourly
     for seg in p.rollup:
         add(
             conn.execute(
@@ -264,7 +251,7 @@ def device_busy(conn: Connection, p: Plan) -> dict[tuple[int, float], tuple[floa
                 )
             )
         )
-    w = DeviceWindow.__table__
+    w = schema.device_windows
     for seg in p.raw:
         add(conn.execute(device_hourly_select(conn.dialect.name, _in(seg, w.c.host_id, w.c.t0))))
     return out
@@ -287,8 +274,8 @@ def request_totals(
     for (grain, key_name), out in zip(picks, outs, strict=True):
         for seg in p.rollup:
             _rolled_up_requests(conn, seg, grain, key_name, out)
-    r_c = RequestRow.__table__.c
-    t_c = TargetRow.__table__.c
+    r_c = schema.requests.c
+    t_c = schema.targets.c
     grains = sorted({grain for grain, _key in picks})
     key_at = {"host_id": 0, "target_id": 2, "model_id": 3, "tenant": 4}
     for seg in p.raw:
@@ -309,7 +296,7 @@ def _rolled_up_requests(
     hour of the group was unpriced); only the histograms, thousands of small
     JSON objects over a week, are merged here, in one tight loop.
     """
-    rh = RequestHourly.__table__.c
+    rh = schema.request_hourly.c
     key = rh[key_name] if key_name else rh.host_id
     where = [rh.grain == grain, *_in(seg, rh.host_id, rh.hour)]
     money = ("energy_cost", "capacity_cost", "carbon_g")
@@ -355,9 +342,9 @@ def percentile(totals: RequestTotals, q: float) -> float | None:
 
 def stored_range(conn: Connection) -> tuple[float, float] | None:
     """From the first to the last window any device wrote (indexed: cheap)."""
-    w = DeviceWindow.__table__.c
+    w = schema.device_windows.c
     lo, hi = conn.execute(select(func.min(w.t0), func.max(w.t0))).one()
-    h = UsageHourly.__table__.c
+    h = schema.usage_hourly.c
     hlo, hhi = conn.execute(select(func.min(h.hour), func.max(h.hour))).one()
     los = [float(x) for x in (lo, hlo) if x is not None]
     his = [float(x) for x in (hi, None if hhi is None else hhi + HOUR_S) if x is not None]
@@ -377,8 +364,15 @@ class Names:
 
     @classmethod
     def load(cls, conn: Any) -> Names:
-        hosts = {int(i): str(n) for i, n in conn.execute(select(Host.id, Host.name))}
-        models = {int(i): str(n) for i, n in conn.execute(select(ModelRow.id, ModelRow.name))}
+        h, m, t, d, p = (
+            schema.hosts.c,
+            schema.models.c,
+            schema.targets.c,
+            schema.devices.c,
+            schema.price_cards.c,
+        )
+        hosts = {int(i): str(n) for i, n in conn.execute(select(h.id, h.name))}
+        models = {int(i): str(n) for i, n in conn.execute(select(m.id, m.name))}
         targets = {
             int(r.id): (
                 int(r.host_id),
@@ -387,25 +381,14 @@ class Names:
                 str((r.labels or {}).get("model") or r.framework),
             )
             for r in conn.execute(
-                select(
-                    TargetRow.id,
-                    TargetRow.host_id,
-                    TargetRow.pid,
-                    TargetRow.start_time,
-                    TargetRow.labels,
-                    TargetRow.framework,
-                )
+                select(t.id, t.host_id, t.pid, t.start_time, t.labels, t.framework)
             )
         }
         devices = {
             int(r.id): (int(r.host_id), str(r.uid), str(r.name), int(r.index))
-            for r in conn.execute(
-                select(
-                    DeviceRow.id, DeviceRow.host_id, DeviceRow.uid, DeviceRow.name, DeviceRow.index
-                )
-            )
+            for r in conn.execute(select(d.id, d.host_id, d.uid, d.name, d.index))
         }
-        cards = conn.execute(select(PriceCardRow.version, PriceCardRow.currency)).all()
+        cards = conn.execute(select(p.version, p.currency)).all()
         currencies = {str(c) for _v, c in cards}
         currency = None if not currencies else currencies.pop() if len(currencies) == 1 else "mixed"
         return cls(

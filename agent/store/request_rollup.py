@@ -6,7 +6,7 @@ reads millions of raw rows:
 
 - ``request_hourly``: requests, calls, items, tokens, energy and cost, and a
   histogram of cost per request (infermeter.cost_histogram), at three
-  grains (per model, per target, per host; see models.RequestHourly). A
+  grains (per model, per target, per host; see schema.request_hourly). A
   request is the calls that share a ``request_id`` within one hour and one
   row of the grain; a call without a request id is a request of its own.
   Its cost is energy cost + capacity cost; a request with an unpriced call
@@ -46,17 +46,7 @@ from sqlalchemy import (
     select,
 )
 
-from infermeter.store.models import (
-    AgentState,
-    DeviceHourly,
-    DeviceWindow,
-    Host,
-    RequestHourly,
-    RequestRow,
-    TargetRow,
-    UsageBasisHourly,
-    UsageShare,
-)
+from infermeter.store import schema
 from infermeter.store.request_sql import (
     GRAINS,
     HOUR_S,
@@ -87,7 +77,7 @@ COMPLETE_KEY = "report_rollups_complete_until"
 
 def device_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
     """device_windows per device and hour, in device_hourly's columns."""
-    w = DeviceWindow.__table__.c
+    w = schema.device_windows.c
     hour = hour_sql(w.t0, dialect).label("hour")
     length = w.t1 - w.t0
     known = w.busy_fraction.is_not(None)
@@ -109,7 +99,7 @@ def device_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> 
 
 def basis_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
     """usage_shares per hour and weight basis, in usage_basis_hourly's columns."""
-    s = UsageShare.__table__.c
+    s = schema.usage_shares.c
     hour = hour_sql(s.t0, dialect).label("hour")
     keys = [s.host_id, s.device_id, hour, s.target_id, s.model_id, s.tenant, s.bucket]
     return (
@@ -135,38 +125,37 @@ def refresh(conn: Connection, host_id: int, since: float, until: float) -> Refre
     """
     first_hour = hour_floor(since)
     dialect = conn.dialect.name
-    w = DeviceWindow.__table__.c
+    w = schema.device_windows.c
     devices = [
         dict(row._mapping)
         for row in conn.execute(
             device_hourly_select(dialect, [w.host_id == host_id, w.t0 >= first_hour, w.t0 < until])
         )
     ]
-    s = UsageShare.__table__.c
+    s = schema.usage_shares.c
     bases = [
         dict(row._mapping)
         for row in conn.execute(
             basis_hourly_select(dialect, [s.host_id == host_id, s.t0 >= first_hour, s.t0 < until])
         )
     ]
-    r = RequestRow.__table__.c
-    t = TargetRow.__table__.c
+    r = schema.requests.c
+    t = schema.targets.c
     where = [t.host_id == host_id, r.t0 >= first_hour, r.t0 < until]
     requests = [
         _request_hourly_row(grain, key, totals)
         for grain, by_key in raw_request_totals(conn, GRAINS, where).items()
         for key, totals in by_key.items()
     ]
-    for table in (RequestHourly, DeviceHourly, UsageBasisHourly):
+    for table in (schema.request_hourly, schema.device_hourly, schema.usage_basis_hourly):
+        c = table.c
         conn.execute(
-            delete(table).where(
-                table.host_id == host_id, table.hour >= first_hour, table.hour < until
-            )
+            delete(table).where(c.host_id == host_id, c.hour >= first_hour, c.hour < until)
         )
     for table, rows in (
-        (DeviceHourly, devices),
-        (UsageBasisHourly, bases),
-        (RequestHourly, requests),
+        (schema.device_hourly, devices),
+        (schema.usage_basis_hourly, bases),
+        (schema.request_hourly, requests),
     ):
         for chunk in _chunks(rows, 5000):
             conn.execute(insert(table), chunk)
@@ -205,7 +194,7 @@ def refresh_all(engine: Engine, since: float, until: float) -> RefreshResult:
     """Recompute [since, until) for every host, in one transaction (tools, benchmarks)."""
     totals = [0, 0, 0]
     with engine.begin() as conn:
-        for host_id in conn.execute(select(Host.id)).scalars():
+        for host_id in conn.execute(select(schema.hosts.c.id)).scalars():
             result = refresh(conn, host_id, since, until)
             totals[0] += result.request_rows
             totals[1] += result.device_rows
@@ -215,9 +204,8 @@ def refresh_all(engine: Engine, since: float, until: float) -> RefreshResult:
 
 def complete_until(conn: Connection) -> dict[int, float]:
     """Per host id: the time before which the report may trust the rollups."""
-    rows = conn.execute(
-        select(AgentState.host_id, AgentState.value).where(AgentState.key == COMPLETE_KEY)
-    )
+    state = schema.agent_state.c
+    rows = conn.execute(select(state.host_id, state.value).where(state.key == COMPLETE_KEY))
     out: dict[int, float] = {}
     for host_id, value in rows:
         try:

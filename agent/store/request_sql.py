@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 
 from infermeter import cost_histogram
-from infermeter.store.models import RequestRow, TargetRow
+from infermeter.store import schema
 
 GRAINS = ("model", "target", "host")
 HOUR_S = 3600.0
@@ -114,13 +114,13 @@ def raw_request_totals(
     ``where`` filters ``requests`` and ``targets`` (joined for the host).
     """
     cost_histogram.prepare_connection(conn)
-    r = RequestRow.__table__.c
-    t = TargetRow.__table__.c
+    r = schema.requests.c
+    t = schema.targets.c
     hour = hour_sql(r.t0, conn.dialect.name).label("hour")
     # "+ 0" keeps SQLite off the (target, model, t0) key, which cannot bound t0
     # without a model and would read every call of the target; the planner
     # then walks the t0 index, and joins targets by primary key.
-    source = RequestRow.__table__.join(TargetRow.__table__, t.id == r.target_id + 0)
+    source = schema.requests.join(schema.targets, t.id == r.target_id + 0)
     nulls = [
         func.sum(case((r[name].is_(None), 1), else_=0)).label(f"{name}_null")
         for name in ("energy_cost", "capacity_cost", "carbon_g")
@@ -184,8 +184,8 @@ def _bucket_rows(
     where: Sequence[ColumnElement[bool]],
 ) -> Sequence[Any]:
     """Requests of ``grain`` counted per (host, hour, key, tenant, cost bucket)."""
-    r = RequestRow.__table__.c
-    t = TargetRow.__table__.c
+    r = schema.requests.c
+    t = schema.targets.c
     ids = [r[name] for name in grain_columns(grain)]
     cost = r.energy_cost + r.capacity_cost  # NULL when either is: SUM skips it, COUNT too
     units = (
