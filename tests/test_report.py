@@ -16,6 +16,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -621,3 +622,29 @@ def test_since_in_hours_or_more_starts_on_the_hour() -> None:
     assert since_start("1w", end) == since_start("7d", end)
     assert since_start("90m", end) == parse_time("2026-11-27T08:50:30Z", "--from")
     assert since_start("30s", end) == end - 30
+
+
+def test_the_report_command_loads_neither_the_orm_nor_alembic(
+    replayed_sqlite: tuple[str, dict[str, str]],
+) -> None:
+    """Half of a report's second is start-up: the report path reads Core tables only."""
+    url, env = replayed_sqlite
+    script = (
+        "import sys\n"
+        "from infermeter.cli import main\n"
+        f"sys.argv = ['infermeter', '--db', {url!r}, 'report', '--from', {FROM!r}, "
+        f"'--to', {TO!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = ('sqlalchemy.orm', 'alembic', 'psutil', 'pynvml', 'apscheduler')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(heavy))\n"
+        "print('LOADED', ' '.join(loaded), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resnet50" in done.stdout  # it did report
+    assert done.stderr.strip().splitlines()[-1] == "LOADED"
