@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from infermeter.hookspecs import hookimpl
@@ -11,16 +10,21 @@ if TYPE_CHECKING:
     from infermeter.context import request
     from infermeter.sdk import instrument
 
-try:
-    __version__ = version("infermeter")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+    __version__: str
 
 __all__ = ["__version__", "hookimpl", "instrument", "request"]
 
 
 def __getattr__(name: str) -> Any:
-    """``instrument`` and ``request`` load on first use: the agent never needs them."""
+    """What loads on first use: ``instrument`` and ``request`` (the agent never
+    needs them) and ``__version__`` (reading it parses the package metadata)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("infermeter")
+        except PackageNotFoundError:  # a source tree that is not installed
+            return "0+unknown"
     if name == "instrument":
         from infermeter.sdk import instrument
 
