@@ -120,6 +120,7 @@ class Report:
     groups: tuple[Group, ...]
     recommendations: tuple[RecommendationLine, ...]
     rollup_hours: int  # host-hours read from rollups
+    rollup_days: int  # host-days whose requests were read from request_daily
     raw_ranges: tuple[tuple[float, float], ...]  # ranges read from raw rows
     stored: tuple[float, float] | None  # what the store holds, whatever the range
 
@@ -323,6 +324,7 @@ def build_report(
         groups=tuple(groups),
         recommendations=recs,
         rollup_hours=p.rollup_hours,
+        rollup_days=p.rollup_days,
         raw_ranges=tuple(sorted({(s.lo, s.hi) for s in p.raw})),
         stored=stored,
     )

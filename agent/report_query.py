@@ -17,15 +17,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, FromClause, case, func, or_, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Table, case, func, or_, select
 
 from infermeter import cost_histogram
 from infermeter.store import schema
 from infermeter.store.request_rollup import (
+    DAILY_KEY,
+    DAY_S,
     HOUR_S,
     RequestTotals,
     basis_hourly_select,
     complete_until,
+    day_floor,
     device_hourly_select,
     hour_floor,
     hour_sql,
@@ -64,12 +67,25 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """Where each part of the range is read from.
+
+    ``rollup``: the hourly rollups (every hourly table); ``raw``: the raw
+    tables. Requests inside ``rollup`` are read per day from request_daily
+    over ``request_days`` and per hour over ``request_hours``.
+    """
+
     rollup: tuple[Segment, ...]
     raw: tuple[Segment, ...]
+    request_days: tuple[Segment, ...] = ()
+    request_hours: tuple[Segment, ...] = ()
 
     @property
     def rollup_hours(self) -> int:
         return sum(math.ceil((s.hi - s.lo) / HOUR_S) * len(s.host_ids) for s in self.rollup)
+
+    @property
+    def rollup_days(self) -> int:
+        return sum(round((s.hi - s.lo) / DAY_S) * len(s.host_ids) for s in self.request_days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,7 @@ def plan(conn: Connection, since: float, until: float, use_rollups: bool = True)
     """
     host_ids = [int(h) for h in conn.execute(select(schema.hosts.c.id)).scalars()]
     done = complete_until(conn) if use_rollups else {}
+    daily = complete_until(conn, DAILY_KEY) if use_rollups else {}
     first_whole = math.ceil(since / HOUR_S) * HOUR_S
     by_cut: dict[float, list[int]] = {}
     for host_id in host_ids:
@@ -126,7 +143,24 @@ def plan(conn: Connection, since: float, until: float, use_rollups: bool = True)
             raw.append(Segment(hosts, cut, until))
         else:
             raw.append(Segment(hosts, since, until))
-    return Plan(tuple(rollup), tuple(s for s in raw if s.hi > s.lo))
+    days: list[Segment] = []
+    hours: list[Segment] = []
+    for seg in rollup:
+        # Whole UTC days inside the segment, as far as every host's daily rows are final.
+        final = min(daily.get(h, -math.inf) for h in seg.host_ids)
+        day_lo = math.ceil(seg.lo / DAY_S) * DAY_S
+        day_hi = day_floor(min(seg.hi, final)) if final > -math.inf else day_lo
+        if day_hi > day_lo:
+            days.append(Segment(seg.host_ids, day_lo, day_hi))
+            hours += [Segment(seg.host_ids, seg.lo, day_lo), Segment(seg.host_ids, day_hi, seg.hi)]
+        else:
+            hours.append(seg)
+    return Plan(
+        tuple(rollup),
+        tuple(s for s in raw if s.hi > s.lo),
+        tuple(days),
+        tuple(s for s in hours if s.hi > s.lo),
+    )
 
 
 def _in(seg: Segment, host: ColumnElement[Any], t: ColumnElement[Any]) -> list[ColumnElement[bool]]:
@@ -272,8 +306,10 @@ def request_totals(
         picks.append(which)
     outs: list[dict[Any, RequestTotals]] = [{} for _ in picks]
     for (grain, key_name), out in zip(picks, outs, strict=True):
-        for seg in p.rollup:
-            _rolled_up_requests(conn, seg, grain, key_name, out)
+        for seg in p.request_days:
+            _rolled_up_requests(conn, schema.request_daily, "day", seg, grain, key_name, out)
+        for seg in p.request_hours:
+            _rolled_up_requests(conn, schema.request_hourly, "hour", seg, grain, key_name, out)
     r_c = schema.requests.c
     t_c = schema.targets.c
     grains = sorted({grain for grain, _key in picks})
@@ -288,17 +324,23 @@ def request_totals(
 
 
 def _rolled_up_requests(
-    conn: Connection, seg: Segment, grain: str, key_name: str, out: dict[Any, RequestTotals]
+    conn: Connection,
+    table: Table,
+    period: str,
+    seg: Segment,
+    grain: str,
+    key_name: str,
+    out: dict[Any, RequestTotals],
 ) -> None:
-    """Add the request_hourly rows of one grain and segment to ``out``, per group key.
+    """Add the request_hourly or request_daily rows of one grain and segment to ``out``.
 
     The counters and money are summed in SQL (a money sum is None once any
     hour of the group was unpriced); only the histograms, thousands of small
     JSON objects over a week, are merged here, in one tight loop.
     """
-    rh = schema.request_hourly.c
+    rh = table.c
     key = rh[key_name] if key_name else rh.host_id
-    where = [rh.grain == grain, *_in(seg, rh.host_id, rh.hour)]
+    where = [rh.grain == grain, *_in(seg, rh.host_id, rh[period])]
     money = ("energy_cost", "capacity_cost", "carbon_g")
     sums = conn.execute(
         select(

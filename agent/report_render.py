@@ -112,6 +112,7 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         "read": {
             "rollup_host_hours": report.rollup_hours,
+            "rollup_host_days": report.rollup_days,
             "raw_ranges": [[lo, hi] for lo, hi in report.raw_ranges],
         },
         "stored": None

@@ -88,7 +88,8 @@ def main() -> None:
             raw_s = sum(hi - lo for lo, hi in report.raw_ranges)
             print(
                 f"{by:8} {share_idle!s:10} {first:8.3f} {best:8.3f} {rendered:9.3f}  "
-                f"{report.rollup_hours} rolled-up host-hours, {raw_s / 60:.0f} min of raw rows"
+                f"{report.rollup_hours} rolled-up host-hours ({report.rollup_days} days of "
+                f"requests per day), {raw_s / 60:.0f} min of raw rows"
             )
     assert report is not None
     print(

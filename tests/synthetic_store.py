@@ -57,8 +57,13 @@ def example_card() -> PriceCard:
     return card_from_config(build_config(pm.config_options(), environ={}))
 
 
-def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synthetic:
-    """Write ``hours`` hours of one-minute flushes into a migrated store, then roll up.
+def build(
+    url: str, hours: int = 5, seed: int = 7, priced: bool = True, window_s: float = WINDOW_S
+) -> Synthetic:
+    """Write ``hours`` hours of flushes into a migrated store, then roll up.
+
+    Flushes are a minute long unless ``window_s`` says otherwise (longer
+    ones keep a store of days quick to build).
 
     ``priced=False`` stores every cost as unknown (NULL), as with no price card.
     """
@@ -72,7 +77,7 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
     t = T0
     serial = 0
     while t < t_end:
-        t1 = t + WINDOW_S
+        t1 = t + window_s
         quiet = quiet_hour <= t < quiet_hour + 3600
         shares: list[Share] = []
         calls: list[CallEnergy] = []
@@ -83,13 +88,13 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
                 GPU.uid,
                 Bucket.IDLE,
                 Method.MEASURED,
-                70.0 * WINDOW_S,
+                70.0 * window_s,
                 weight_basis="baseline",
             )
         ]
         if not quiet:
-            e_a = rng.uniform(50, 150) * WINDOW_S
-            e_b = rng.uniform(10, 90) * WINDOW_S
+            e_a = rng.uniform(50, 150) * window_s
+            e_b = rng.uniform(10, 90) * window_s
             gpu_shares += [
                 Share(
                     t,
@@ -97,7 +102,7 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
                     GPU.uid,
                     Bucket.KEEPWARM,
                     Method.MEASURED,
-                    25.0 * WINDOW_S,
+                    25.0 * window_s,
                     A.key,
                     "alpha",
                     None,
@@ -109,7 +114,7 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
                     GPU.uid,
                     Bucket.KEEPWARM,
                     Method.MEASURED,
-                    25.0 * WINDOW_S,
+                    25.0 * window_s,
                     B.key,
                     "beta",
                     None,
@@ -157,14 +162,14 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
                     GPU.uid,
                     Bucket.OTHER,
                     Method.MEASURED,
-                    3.0 * WINDOW_S,
+                    3.0 * window_s,
                     None,
                     None,
                     None,
                     "equal",
                 ),
             ]
-        cpu_active = rng.uniform(5, 20) * WINDOW_S
+        cpu_active = rng.uniform(5, 20) * window_s
         cpu_shares = [
             Share(
                 t,
@@ -172,7 +177,7 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
                 CPU.uid,
                 Bucket.IDLE,
                 Method.ESTIMATED,
-                10.0 * WINDOW_S,
+                10.0 * window_s,
                 weight_basis="baseline",
             ),
             Share(
@@ -192,8 +197,8 @@ def build(url: str, hours: int = 5, seed: int = 7, priced: bool = True) -> Synth
         gpu_j = sum(s.energy_j for s in gpu_shares)
         cpu_j = sum(s.energy_j for s in cpu_shares)
         prices = [
-            _price(GPU, s.energy_j, gpu_j, WINDOW_S) if s.device_uid == GPU.uid
-            else _price(CPU, s.energy_j, cpu_j, WINDOW_S)
+            _price(GPU, s.energy_j, gpu_j, window_s) if s.device_uid == GPU.uid
+            else _price(CPU, s.energy_j, cpu_j, window_s)
             for s in shares
         ]  # fmt: skip
         if not quiet:

@@ -25,7 +25,7 @@ import pytest
 import synthetic_store
 from conftest import FIXTURES, ROOT, infermeter_cmd
 from rich.console import Console
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text
 
 from infermeter import cost_histogram
 from infermeter.cli.report import parse_duration, parse_time, render, sig, since_start
@@ -34,16 +34,17 @@ from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.report import GROUPINGS, build_report
 from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
-from infermeter.store import migrate
+from infermeter.store import migrate, schema
 from infermeter.store.engine import open_engine
 from infermeter.store.models import (
+    AgentState,
     RecommendationRow,
     RequestHourly,
     RequestRow,
     UsageHourly,
     UsageShare,
 )
-from infermeter.store.request_rollup import complete_until, rollup_store
+from infermeter.store.request_rollup import DAILY_KEY, complete_until, rollup_store
 from infermeter.store.writer import Store
 
 SERVING = FIXTURES / "h100-serving"
@@ -273,6 +274,38 @@ def test_the_agent_rolls_up_only_to_where_rows_are_final(
     with engine.connect() as conn:
         assert list(complete_until(conn).values()) == [now]
     agent.close()
+    engine.dispose()
+
+
+def test_whole_days_are_read_from_the_daily_rollup(db_url: str) -> None:
+    """Over days, requests come from request_daily; the figures are the raw rows' all the same."""
+    days = synthetic_store.build(db_url, hours=54, window_s=600.0)
+    engine = open_engine(days.url)
+    lo, hi = days.t_start + 600, days.t_end - 900  # one whole UTC day inside, hours around it
+    for by in ("model", "tenant", "target", "host"):
+        fast = build_report(engine, lo, hi, by, use_rollups=True, now=0)
+        slow = build_report(engine, lo, hi, by, use_rollups=False, now=0)
+        assert fast.rollup_days == 1 and slow.rollup_days == 0
+        assert_close(comparable(report_json(fast)), comparable(report_json(slow)), by)
+    count_daily = select(func.count()).select_from(schema.request_daily)
+    with engine.connect() as conn:
+        daily_rows = conn.execute(count_daily).scalar_one()
+    assert daily_rows > 0
+    # A store from before request_daily: no daily rows and no daily state. The
+    # report reads hours meanwhile; the agent's next rollup backfills every day.
+    with engine.begin() as conn:
+        conn.execute(delete(schema.request_daily))
+        conn.execute(delete(AgentState).where(AgentState.key == DAILY_KEY))
+    before = build_report(engine, lo, hi, "tenant", now=0)
+    assert before.rollup_days == 0
+    store = Store(engine, synthetic_store.HOST)
+    rollup_store(store, days.t_end - 3600, days.t_end)
+    store.close()
+    with engine.connect() as conn:
+        assert conn.execute(count_daily).scalar_one() == daily_rows
+    after = build_report(engine, lo, hi, "tenant", now=0)
+    assert after.rollup_days == 1
+    assert_close(comparable(report_json(after)), comparable(report_json(before)), "backfill")
     engine.dispose()
 
 

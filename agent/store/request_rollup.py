@@ -11,25 +11,32 @@ reads millions of raw rows:
   row of the grain; a call without a request id is a request of its own.
   Its cost is energy cost + capacity cost; a request with an unpriced call
   is counted in ``unpriced_requests`` and left out of the histogram.
+- ``request_daily``: request_hourly summed per UTC day, so that a report
+  over a month merges 30 histograms per group rather than 720.
 - ``device_hourly``: window seconds and busy seconds per device.
 - ``usage_basis_hourly``: energy per weight basis (sm-util, gpu-memory,
   equal, cpu-seconds, baseline), which ``usage_hourly`` does not split.
 
 ``refresh`` recomputes every hour touching [since, until) for one host:
 deleted, then inserted again from the raw rows, so it is idempotent and a
-second run after late rows arrive corrects the hour. The hour of a row is
-the hour of its ``t0``, as in ``usage_hourly``.
+second run after late rows arrive corrects the hour; the days those hours
+fall in are then summed again. The hour of a row is the hour of its
+``t0``, as in ``usage_hourly``.
 
 Up to where the rollups are final is stored per host as the agent state
 ``COMPLETE_KEY``: the rollup time less the flush lag, since rows for the
 last seconds may still be on their way. Rows from that point on are not
 rolled up at all, so the rollup rows of its hour cover [hour, point)
 exactly: the report reads them for that hour too, and raw rows only from
-the point on (a few minutes at most while the agent runs).
+the point on (a few minutes at most while the agent runs). ``DAILY_KEY``
+is the same point for request_daily; a store upgraded from before that
+table lacks it until the agent's next rollup has backfilled every day, and
+the report reads hours meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,17 +69,23 @@ if TYPE_CHECKING:  # the report reads these tables without loading the writer
 
 __all__ = [
     "COMPLETE_KEY",
+    "DAILY_KEY",
+    "DAY_S",
     "GRAINS",
     "HOUR_S",
     "RequestTotals",
     "complete_until",
+    "day_floor",
     "hour_floor",
     "hour_sql",
     "refresh",
+    "refresh_days",
     "rollup_store",
 ]
 
 COMPLETE_KEY = "report_rollups_complete_until"
+DAILY_KEY = "report_daily_complete_until"
+DAY_S = 86400.0
 
 
 def device_hourly_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
@@ -143,7 +156,7 @@ def refresh(conn: Connection, host_id: int, since: float, until: float) -> Refre
     t = schema.targets.c
     where = [t.host_id == host_id, r.t0 >= first_hour, r.t0 < until]
     requests = [
-        _request_hourly_row(grain, key, totals)
+        _request_rollup_row(grain, key, totals)
         for grain, by_key in raw_request_totals(conn, GRAINS, where).items()
         for key, totals in by_key.items()
     ]
@@ -159,14 +172,60 @@ def refresh(conn: Connection, host_id: int, since: float, until: float) -> Refre
     ):
         for chunk in _chunks(rows, 5000):
             conn.execute(insert(table), chunk)
-    return RefreshResult(len(requests), len(devices), len(bases))
+    days = refresh_days(conn, host_id, since, until)
+    return RefreshResult(len(requests) + days, len(devices), len(bases))
 
 
-def _request_hourly_row(grain: str, key: Key, g: RequestTotals) -> dict[str, Any]:
-    host_id, hour, target_id, model_id, tenant = key
+def refresh_days(conn: Connection, host_id: int, since: float, until: float) -> int:
+    """Recompute request_daily for every UTC day of ``host_id`` touching [since, until).
+
+    A day's row adds up the request_hourly rows of its hours, so it is run
+    after them, in the same transaction; the day of ``until`` comes out
+    partial and is recomputed by the next run.
+    """
+    first_day = day_floor(since)
+    hourly = schema.request_hourly
+    h = hourly.c
+    rows = conn.execute(
+        select(hourly).where(h.host_id == host_id, h.hour >= first_day, h.hour < until)
+    )
+    days: dict[tuple[str, Key], RequestTotals] = {}
+    for r in rows:
+        key = (r.grain, (host_id, day_floor(r.hour), r.target_id, r.model_id, r.tenant))
+        days.setdefault(key, RequestTotals()).add(
+            RequestTotals(
+                requests=int(r.requests),
+                calls=int(r.calls),
+                items=int(r.items),
+                tokens_in=int(r.tokens_in),
+                tokens_out=int(r.tokens_out),
+                energy_j=float(r.energy_j),
+                energy_cost=r.energy_cost,
+                capacity_cost=r.capacity_cost,
+                carbon_g=r.carbon_g,
+                unpriced_requests=int(r.unpriced_requests),
+                hist=dict(r.cost_hist or {}),
+            )
+        )
+    d = schema.request_daily
+    conn.execute(delete(d).where(d.c.host_id == host_id, d.c.day >= first_day, d.c.day < until))
+    out = [_request_rollup_row(grain, key, totals, "day") for (grain, key), totals in days.items()]
+    for chunk in _chunks(out, 5000):
+        conn.execute(insert(d), chunk)
+    return len(out)
+
+
+def day_floor(t: float) -> float:
+    return math.floor(t / DAY_S) * DAY_S
+
+
+def _request_rollup_row(
+    grain: str, key: Key, g: RequestTotals, period: str = "hour"
+) -> dict[str, Any]:
+    host_id, start, target_id, model_id, tenant = key
     return {
         "host_id": host_id,
-        "hour": hour,
+        period: start,
         "grain": grain,
         "target_id": target_id,
         "model_id": model_id,
@@ -202,10 +261,14 @@ def refresh_all(engine: Engine, since: float, until: float) -> RefreshResult:
     return RefreshResult(*totals)
 
 
-def complete_until(conn: Connection) -> dict[int, float]:
-    """Per host id: the time before which the report may trust the rollups."""
+def complete_until(conn: Connection, key: str = COMPLETE_KEY) -> dict[int, float]:
+    """Per host id: the time before which the report may trust the rollups.
+
+    ``key=DAILY_KEY``: the same for request_daily, which a store upgraded
+    from before it has only once the agent backfilled it.
+    """
     state = schema.agent_state.c
-    rows = conn.execute(select(state.host_id, state.value).where(state.key == COMPLETE_KEY))
+    rows = conn.execute(select(state.host_id, state.value).where(state.key == key))
     out: dict[int, float] = {}
     for host_id, value in rows:
         try:
@@ -225,10 +288,14 @@ def rollup_store(store: Store, since: float, until: float) -> int:
     raw tables.
     """
     first_run = store.get_state(COMPLETE_KEY) is None
+    no_days = store.get_state(DAILY_KEY) is None
     since = 0.0 if first_run else since
     rows = store.rollup(since, until)
     with store.engine.begin() as conn:
         host_id = store.host_id(conn, until)
         result = refresh(conn, host_id, since, until)
+        if no_days and not first_run:  # a store from before request_daily: every day
+            rows += refresh_days(conn, host_id, 0.0, until)
     store.set_state(COMPLETE_KEY, until)
+    store.set_state(DAILY_KEY, until)
     return rows + result.request_rows + result.device_rows + result.basis_rows

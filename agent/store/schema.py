@@ -16,6 +16,8 @@ that writes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -253,6 +255,31 @@ agent_state = Table(
     UniqueConstraint("host_id", "key"),
 )
 
+
+def _request_rollup_columns(period: str) -> list[Column[Any]]:
+    """The columns request_hourly and request_daily share; ``period`` names the time column."""
+    return [
+        Column("id", Integer, primary_key=True),
+        Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+        Column(period, Float, nullable=False),
+        Column("grain", String(8), nullable=False),  # model | target | host
+        Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE")),
+        Column("model_id", Integer, ForeignKey("models.id", ondelete="CASCADE")),
+        Column("tenant", String(255)),
+        Column("requests", BigInteger, nullable=False),
+        Column("calls", BigInteger, nullable=False),
+        Column("items", BigInteger, nullable=False),
+        Column("tokens_in", BigInteger, nullable=False),
+        Column("tokens_out", BigInteger, nullable=False),
+        Column("energy_j", Float, nullable=False),
+        Column("energy_cost", Float),  # NULL: a call was unpriced
+        Column("capacity_cost", Float),
+        Column("carbon_g", Float),
+        Column("unpriced_requests", BigInteger, nullable=False),
+        Column("cost_hist", JSON, nullable=False),
+    ]
+
+
 # Hourly rollup of model calls into requests, with a histogram of cost per request.
 #
 # Three grains share the table (``grain``): ``model`` rows are per host x
@@ -264,25 +291,20 @@ agent_state = Table(
 request_hourly = Table(
     "request_hourly",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
-    Column("hour", Float, nullable=False),
-    Column("grain", String(8), nullable=False),  # model | target | host
-    Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE")),
-    Column("model_id", Integer, ForeignKey("models.id", ondelete="CASCADE")),
-    Column("tenant", String(255)),
-    Column("requests", BigInteger, nullable=False),
-    Column("calls", BigInteger, nullable=False),
-    Column("items", BigInteger, nullable=False),
-    Column("tokens_in", BigInteger, nullable=False),
-    Column("tokens_out", BigInteger, nullable=False),
-    Column("energy_j", Float, nullable=False),
-    Column("energy_cost", Float),  # NULL: a call was unpriced
-    Column("capacity_cost", Float),
-    Column("carbon_g", Float),
-    Column("unpriced_requests", BigInteger, nullable=False),
-    Column("cost_hist", JSON, nullable=False),
+    *_request_rollup_columns("hour"),
     Index("ix_request_hourly_grain_hour", "grain", "hour"),
+)
+
+# request_hourly summed per UTC day, for reports over weeks and months: a
+# month is 30 rows per group instead of 720, and the cost histograms merge
+# that much faster. A day's row adds up that day's hourly rows (a request
+# is still the calls of one hour); the report trusts it only for days that
+# end before the ``report_daily_complete_until`` point of its host.
+request_daily = Table(
+    "request_daily",
+    metadata,
+    *_request_rollup_columns("day"),
+    Index("ix_request_daily_grain_day", "grain", "day"),
 )
 
 # Hourly rollup of device_windows: how busy each device was, for utilisation.
@@ -352,6 +374,16 @@ Index(
     func.coalesce(request_hourly.c.target_id, 0),
     func.coalesce(request_hourly.c.model_id, 0),
     func.coalesce(request_hourly.c.tenant, ""),
+    unique=True,
+)
+Index(
+    "uq_request_daily_natural_key",
+    request_daily.c.host_id,
+    request_daily.c.day,
+    request_daily.c.grain,
+    func.coalesce(request_daily.c.target_id, 0),
+    func.coalesce(request_daily.c.model_id, 0),
+    func.coalesce(request_daily.c.tenant, ""),
     unique=True,
 )
 Index(
