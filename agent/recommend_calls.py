@@ -216,13 +216,24 @@ class CallPass:
 def _mean_over(
     samples: list[DeviceSample], union: list[tuple[float, float]], busy: bool
 ) -> float | None:
-    """The device's utilisation (or power) averaged over the time a deployment ran."""
+    """The device's utilisation (or power) averaged over the time a deployment ran.
+
+    ``union`` is sorted and disjoint (``extend`` builds it from calls read by
+    start), so each sample needs only the intervals from the last one that
+    starts before it: a day of calls and windows costs a bisect per window,
+    not a product of the two.
+    """
+    starts = [a for a, _ in union]
     weight = total = 0.0
     for s in samples:
         value = s.busy_fraction if busy else s.power_w
         if value is None:
             continue
-        o = sum(overlap(s.t0, s.t1, a, b) for a, b in union)
+        o = 0.0
+        i = max(bisect.bisect_right(starts, s.t0) - 1, 0)
+        while i < len(union) and union[i][0] < s.t1:
+            o += overlap(s.t0, s.t1, union[i][0], union[i][1])
+            i += 1
         weight += o
         total += value * o
     return total / weight if weight > 0 else None

@@ -20,6 +20,7 @@ from test_recommend_rules import (
 )
 
 from infermeter.recommend import collect
+from infermeter.recommend_calls import _mean_over, extend, overlap
 from infermeter.recommend_money import CONFIDENCES, WindowSaving, monthly_savings
 from infermeter.recommend_stats import (
     BatchPoint,
@@ -210,3 +211,42 @@ def test_monthly_savings_are_clamped(
 def test_a_recommender_without_data_says_nothing() -> None:
     empty = stats()
     assert PM.collect("infermeter_recommend", stats=empty, config=CONFIG) == []
+
+
+@st.composite
+def calls_and_windows(draw: Any) -> tuple[list[tuple[float, float]], list[DeviceSample]]:
+    """Calls in start order (some overlapping) and 10 s device windows over them."""
+    starts = sorted(draw(st.lists(st.floats(0, 300, allow_nan=False), max_size=60)))
+    lengths = draw(st.lists(st.floats(0, 20), min_size=len(starts), max_size=len(starts)))
+    union: list[tuple[float, float]] = []
+    for t0, length in zip(starts, lengths, strict=True):
+        extend(union, t0, t0 + length)
+    busy = draw(st.lists(st.floats(0, 1), min_size=33, max_size=33))
+    samples = [
+        DeviceSample(10.0 * k, 10.0 * (k + 1), 700.0 * b, None if k % 7 == 3 else b, None)
+        for k, b in enumerate(busy)
+    ]
+    return union, samples
+
+
+@given(calls_and_windows())
+def test_mean_over_the_calls_is_the_brute_force_mean(
+    case: tuple[list[tuple[float, float]], list[DeviceSample]],
+) -> None:
+    """The bisecting sweep gives what summing every window against every call gives."""
+    union, samples = case
+    for busy in (True, False):
+        weight = total = 0.0
+        for s in samples:
+            value = s.busy_fraction if busy else s.power_w
+            if value is None:
+                continue
+            o = sum(overlap(s.t0, s.t1, a, b) for a, b in union)
+            weight += o
+            total += value * o
+        expected = total / weight if weight > 0 else None
+        got = _mean_over(samples, union, busy)
+        if expected is None:
+            assert got is None
+        else:
+            assert got is not None and abs(got - expected) <= 1e-9 * max(1.0, abs(expected))
