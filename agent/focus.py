@@ -49,6 +49,7 @@ from sqlalchemy import Engine, and_, case, func, select
 
 from infermeter.errors import InfermeterError
 from infermeter.store.models import ModelRow, PriceCardRow, RequestRow, UsageHourly
+from infermeter.store.request_sql import hour_sql
 
 FOCUS_VERSION = "1.2"
 SPEC_SOURCE = (
@@ -368,10 +369,11 @@ def build_export(
             done += len(part)
             if progress is not None:
                 progress(done, total)
-        for model, tenant, t0, items in conn.execute(_requests_query(start, end)):
-            hour = math.floor(float(t0) / 3600) * 3600
-            g = groups.setdefault((hour, model, tenant), _Group())
-            g.requests += 1
+        for model, tenant, hour, requests, items in conn.execute(
+            _requests_query(start, end, conn.dialect.name)
+        ):
+            g = groups.setdefault((float(hour), model, tenant), _Group())
+            g.requests += int(requests)
             g.items += int(items or 0)
     export = FocusExport(start, end, currency)
     for key in sorted(groups, key=lambda k: (k[0], k[1] or "", k[2] or "")):
@@ -400,14 +402,30 @@ def _add_usage(groups: dict[tuple[float, str | None, str | None], _Group], r: An
         g.method = r.method
 
 
-def _requests_query(start: float, end: float) -> Any:
-    """Requests per model whose first call in the month starts in it: (model, tenant, t0, items)."""
+def _requests_query(start: float, end: float, dialect: str) -> Any:
+    """Requests per model, tenant and the hour their first call in the month started.
+
+    Rows: (model, tenant, hour, requests, items). Calls are grouped into
+    requests, then requests counted per hour, both in the database: a
+    month of millions of calls reaches Python as a few thousand rows.
+    """
     r = RequestRow
-    return (
-        select(ModelRow.name, func.min(r.tenant), func.min(r.t0), func.sum(r.items))
+    per_request = (
+        select(
+            ModelRow.name.label("model"),
+            func.min(r.tenant).label("tenant"),
+            func.min(r.t0).label("t0"),
+            func.sum(r.items).label("items"),
+        )
         .join(ModelRow, ModelRow.id == r.model_id)
         .where(and_(r.t0 >= start, r.t0 < end))
         .group_by(r.model_id, ModelRow.name, r.request_id, case((r.request_id.is_(None), r.id)))
+        .subquery()
+    )
+    q = per_request.c
+    hour = hour_sql(q.t0, dialect).label("hour")
+    return select(q.model, q.tenant, hour, func.count(), func.sum(q["items"])).group_by(
+        q.model, q.tenant, hour
     )
 
 
