@@ -16,12 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, func, select
 
 from infermeter import report_query as rq
 from infermeter.report_query import Names
+from infermeter.store import schema
 from infermeter.store.engine import open_engine, sqlite_path
-from infermeter.store.models import DeviceRow, DeviceWindow, RequestRow, UsageShare
+from infermeter.store.models import DeviceRow, DeviceWindow
+from infermeter.store.request_sql import no_index
 
 RECENT_S = 30.0  # how far back "now" looks: a few flush windows
 DAY_S = 86400.0
@@ -177,11 +179,10 @@ def _latest_windows(conn: Connection, newest_t0: float) -> dict[int, Any]:
     return latest
 
 
-def _recent_usage(
-    conn: Connection, since: float
-) -> list[tuple[Any, Any, float, str, float, float | None]]:
-    s = UsageShare
-    rows = conn.execute(
+def recent_usage_query(since: float) -> Select[Any]:
+    """Energy and cost per target, model and bucket since ``since``: a t0 range read."""
+    s = schema.usage_shares.c
+    return (
         select(
             s.target_id,
             s.model_id,
@@ -193,10 +194,23 @@ def _recent_usage(
             func.count(s.energy_cost + s.capacity_cost),
         )
         .where(s.t0 >= since)
-        # "+ 0": grouping by the bare columns lets SQLite walk the (target,
-        # t0) index, every row of the table; this way it takes the t0 range.
-        .group_by(s.target_id + 0, s.model_id + 0, s.bucket)
-    ).all()
+        .group_by(no_index(s.target_id), no_index(s.model_id), s.bucket)
+    )
+
+
+def recent_requests_query(since: float) -> Select[Any]:
+    """Calls per target and model since ``since``: a t0 range read."""
+    r = schema.requests.c
+    return (
+        select(r.target_id, r.model_id, func.count())
+        .where(r.t0 >= since)
+        .group_by(no_index(r.target_id), no_index(r.model_id))
+    )
+
+
+def _recent_usage(
+    conn: Connection, since: float
+) -> list[tuple[Any, Any, float, str, float, float | None]]:
     return [
         (
             r[0],
@@ -206,20 +220,14 @@ def _recent_usage(
             float(r[4] or 0.0),
             None if r[7] < r[6] else float(r[5] or 0.0),
         )
-        for r in rows
+        for r in conn.execute(recent_usage_query(since))
     ]
 
 
 def _recent_requests(conn: Connection, since: float) -> tuple[dict[Any, int], dict[Any, int]]:
-    r = RequestRow
-    rows = conn.execute(
-        select(r.target_id, r.model_id, func.count())
-        .where(r.t0 >= since)
-        .group_by(r.target_id + 0, r.model_id + 0)  # as in _recent_usage: the t0 index
-    ).all()
     by_target: dict[Any, int] = {}
     by_model: dict[Any, int] = {}
-    for target_id, model_id, n in rows:
+    for target_id, model_id, n in conn.execute(recent_requests_query(since)):
         by_target[target_id] = by_target.get(target_id, 0) + int(n)
         by_model[model_id] = by_model.get(model_id, 0) + int(n)
     return by_target, by_model

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, infermeter_cmd
 
-from infermeter.live import open_readonly, snapshot
+from infermeter.live import open_readonly, recent_requests_query, recent_usage_query, snapshot
 from infermeter.store.engine import open_engine
 from infermeter.store.models import Host
 
@@ -172,3 +172,24 @@ def test_once_prints_a_frame_when_not_a_terminal(store: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert shows_the_store(done.stdout) and "\x1b[" not in done.stdout
     assert sys.platform != "win32"
+
+
+def test_the_recent_queries_read_the_t0_range_not_the_table(store: str) -> None:
+    """Each refresh must stay a range read however many calls the store keeps.
+
+    SQLite's plan for the "now" queries names the t0 index as the search;
+    grouped by bare target/model columns it would scan their (id, t0) index,
+    every row of the table.
+    """
+    engine = open_readonly(store)
+    with engine.connect() as conn:
+        for query, index in (
+            (recent_usage_query(1.0), "ix_usage_shares_t0"),
+            (recent_requests_query(1.0), "ix_requests_t0"),
+        ):
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = " | ".join(
+                str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+            )
+            assert "SEARCH" in plan and f"USING INDEX {index} (t0>?)" in plan, plan
+    engine.dispose()
