@@ -76,8 +76,8 @@ class Plan:
 
     rollup: tuple[Segment, ...]
     raw: tuple[Segment, ...]
-    request_days: tuple[Segment, ...] = ()
-    request_hours: tuple[Segment, ...] = ()
+    request_days: tuple[Segment, ...]
+    request_hours: tuple[Segment, ...]
 
     @property
     def rollup_hours(self) -> int:
