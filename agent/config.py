@@ -92,6 +92,60 @@ CORE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("store", "retention_days", 90, "Days of per-interval shares kept; rollups are kept."),
     Option(
+        "store",
+        "spool_dir",
+        "",
+        "Where a final flush that cannot reach the store leaves its batches, written "
+        "first by the next start; empty: the data directory.",
+    ),
+    Option(
+        "agent",
+        "buffer_max_calls",
+        200_000,
+        "Model calls held in unwritten batches while the store is away; "
+        "beyond it the oldest batches are dropped and counted.",
+    ),
+    Option(
+        "agent",
+        "ledger_max_spans",
+        500_000,
+        "Spans held in memory waiting for their intervals to be attributed; "
+        "beyond it the oldest are dropped and counted.",
+    ),
+    Option(
+        "agent",
+        "span_horizon_s",
+        3600.0,
+        "A span that ends more than this many seconds after now, or started more "
+        "than this long before the oldest interval still held, is refused and counted.",
+    ),
+    Option(
+        "agent",
+        "redact_patterns",
+        [
+            r"(?i)^(--?[\w.-]*(?:key|token|secret|password|passwd)[\w.-]*)[= ](.+)$",
+            r"^([A-Z_][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Z0-9_]*)=(.+)$",
+        ],
+        "Regular expressions over command-line words: what the second group matches "
+        "is stored as *** (a flag's value in the next word is redacted too).",
+        list,
+    ),
+    Option("sql", "timeout_s", 10.0, "Seconds a `sql` query may run before it is stopped."),
+    Option("sql", "max_rows", 100_000, "Rows `sql` prints at most; beyond them it stops."),
+    Option(
+        "sql",
+        "max_memory_mb",
+        256,
+        "Memory (MiB) a `sql` query may use in SQLite's cache and temporary store.",
+    ),
+    Option(
+        "sql",
+        "reader_role",
+        "infermeter_reader",
+        "PostgreSQL role `sql` runs as: one that can only read "
+        "(`infermeter db grant-reader` creates it).",
+    ),
+    Option(
         "plugins", "disabled", [], "Plugin names (as `infermeter plugins` lists) not to load.", list
     ),
 )

@@ -146,6 +146,9 @@ class Span:
     device: str | None = None  # "cpu", "cuda:0", ...
     dtype: str | None = None  # "float32", "bfloat16", ...
     parameters: int | None = None
+    # Numbers spans of one pid and model that start at the same t0 (the
+    # agent assigns it; it is not on the wire), so neither is lost.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,19 @@ class RequestRow(Base):
     capacity_cost: Mapped[float | None]
     carbon_g: Mapped[float | None]
     price_card_id: Mapped[int | None]
+    seq: Mapped[int]
+
+
+class QuarantineRow(Base):
+    """Something the store or the agent refused, with the reason."""
+
+    __table__ = schema.quarantine
+    id: Mapped[int]
+    host_id: Mapped[int | None]
+    at: Mapped[float]
+    source: Mapped[str]
+    reason: Mapped[str]
+    payload: Mapped[str]
 
 
 class RecommendationRow(Base):

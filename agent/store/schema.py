@@ -190,7 +190,9 @@ usage_hourly = Table(
 #
 # Calls made inside one ``infermeter.request(...)`` share its request_id, so
 # the cost of a request is the sum of its calls. Natural key: (target,
-# model, t0), one call's identity.
+# model, t0, seq), one call's identity; ``seq`` numbers calls of one process
+# and model that started at the same instant (a coarse clock), which would
+# otherwise merge into one.
 requests = Table(
     "requests",
     metadata,
@@ -214,7 +216,8 @@ requests = Table(
     Column("capacity_cost", Float),
     Column("carbon_g", Float),
     Column("price_card_id", Integer, ForeignKey("price_cards.id")),
-    UniqueConstraint("target_id", "model_id", "t0"),
+    Column("seq", Integer, nullable=False, default=0, server_default="0"),
+    UniqueConstraint("target_id", "model_id", "t0", "seq"),
     Index("ix_requests_model_id_t0", "model_id", "t0"),
     Index("ix_requests_tenant_t0", "tenant", "t0"),
     Index("ix_requests_t0", "t0"),
@@ -253,6 +256,22 @@ agent_state = Table(
     Column("key", String(64), nullable=False),
     Column("value", Text, nullable=False),
     UniqueConstraint("host_id", "key"),
+)
+
+
+# What the store or the agent refused, with why: a row the database would not
+# take, a span out of range, an hour the rollup could not sum. One bad input
+# is set aside here instead of costing the rest of its batch.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE")),
+    Column("at", Float, nullable=False),
+    Column("source", String(32), nullable=False),  # share | call | span | rollup | ...
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # the refused item, as JSON (ASCII)
+    Index("ix_quarantine_at", "at"),
 )
 
 

@@ -334,6 +334,7 @@ class Store:
                     "tags": dict(span.tags),
                     "energy_j": c.energy_j,
                     "method": str(c.method),
+                    "seq": span.seq,
                     **_price_columns(batch.call_prices, i, card_id),
                 }
             )
