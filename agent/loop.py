@@ -23,6 +23,7 @@ from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
 from infermeter.pricing import Price, PriceCard, card_or_none, price_calls, price_shares
 from infermeter.processes import ProcessInfo
+from infermeter.reading_checks import implausible
 from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
 from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store
@@ -69,6 +70,7 @@ class Agent:
         self._seen_targets: dict[TargetKey, Target] = {}
         self.last_readings: list[Reading] = []
         self.ticks = 0
+        self.refused_readings: dict[str, int] = {}  # by meter: implausible, not attributed
         self.flushes = 0
 
     # ----- life cycle --------------------------------------------------------
@@ -108,9 +110,11 @@ class Agent:
         readings: list[Reading] = []
         for meter in self.meters:
             try:
-                readings.extend(meter.read(now, targets))
+                got = meter.read(now, targets)
             except Exception:  # a meter bug loses its reading, not the tick
                 log.exception("meter %s failed", meter.name)
+                continue
+            readings.extend(self._plausible(meter.name, got))
         shares: list[Share] = []
         for reading in readings:
             self.devices[reading.device.uid] = reading.device
@@ -127,6 +131,24 @@ class Agent:
         self.last_readings = readings
         self.ticks += 1
         return shares
+
+    def _plausible(self, meter: str, readings: Sequence[Reading]) -> list[Reading]:
+        """The readings a device could have drawn; the rest refused, counted, said once."""
+        kept = []
+        for reading in readings:
+            problem = implausible(reading)
+            if problem is None:
+                kept.append(reading)
+                continue
+            self.refused_readings[meter] = self.refused_readings.get(meter, 0) + 1
+            if self.refused_readings[meter] == 1:
+                log.warning(
+                    "meter %s: refused a reading of %s (further ones are counted): %s",
+                    meter,
+                    reading.device.uid,
+                    problem,
+                )
+        return kept
 
     def _receive_spans(self) -> None:
         """Drain the span sources; a process that sends spans announces itself."""
