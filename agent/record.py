@@ -24,6 +24,7 @@ from infermeter.hookspecs import Recorder
 from infermeter.plugin_manager import PluginManager
 from infermeter.processes import ProcessInfo
 from infermeter.records import Target
+from infermeter.redact import patterns_for
 from infermeter.replay import META_FILE, PROCESSES_FILE
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def record(
         raise InfermeterError(f"--seconds must be > 0, not {seconds}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InfermeterError(f"{out_dir} is not empty; record into a new folder")
+    patterns = patterns_for(config)  # a bad pattern stops us before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     recorders: list[Recorder] = pm.collect("infermeter_recorders", out_dir=out_dir, config=config)
     stop = stop or threading.Event()
@@ -59,7 +61,7 @@ def record(
         result: Target | None = pm.hook.infermeter_discover(process=process, config=config)
         return result
 
-    discovery = Discovery(config.host, decide)
+    discovery = Discovery(config.host, decide, redact_patterns=patterns)
     seen: dict[tuple[int, float], Target] = {}
     current: dict[int, Target] = {}
     started = time.time()
