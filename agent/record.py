@@ -22,6 +22,7 @@ from infermeter.discovery import Discovery
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import Recorder
 from infermeter.plugin_manager import PluginManager
+from infermeter.private_files import open_private, private_dir
 from infermeter.processes import ProcessInfo
 from infermeter.records import Target
 from infermeter.redact import patterns_for
@@ -53,7 +54,7 @@ def record(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InfermeterError(f"{out_dir} is not empty; record into a new folder")
     patterns = patterns_for(config)  # a bad pattern stops us before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)  # 0700 when new: processes.jsonl holds command lines
     recorders: list[Recorder] = pm.collect("infermeter_recorders", out_dir=out_dir, config=config)
     stop = stop or threading.Event()
 
@@ -94,7 +95,7 @@ def record(
             except Exception:
                 log.exception("recorder %s failed to close", r.name)
     ended = time.time()
-    with (out_dir / PROCESSES_FILE).open("w") as f:
+    with open_private(out_dir / PROCESSES_FILE) as f:
         for t in seen.values():
             rec = asdict(t)
             rec["labels"] = dict(t.labels)
