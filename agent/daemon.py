@@ -24,6 +24,7 @@ from infermeter.config import Config, default_sqlite_url
 from infermeter.errors import StoreError
 from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager
+from infermeter.private_files import private_dir
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact, sqlite_path
 from infermeter.store.lock import StoreLock
@@ -45,7 +46,7 @@ def open_store(config: Config, lock: bool) -> tuple[Store, StoreLock | None]:
     is_default = url == default_sqlite_url()
     path = sqlite_path(url)
     if path is not None and is_default:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # 0700: the store holds every target's command line
     store_lock = None
     if lock and path is not None:
         if not path.parent.is_dir():

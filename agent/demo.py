@@ -39,6 +39,7 @@ from infermeter.config import build_config
 from infermeter.errors import InfermeterError
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.pricing import card_or_none
+from infermeter.private_files import private_dir
 from infermeter.replay import replay, trace_host
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
@@ -113,7 +114,7 @@ def run_demo(
     folder: Path, seconds: float, status: Status, progress: Callable[[float], None] | None = None
 ) -> DemoResult:
     """Run the demo in ``folder`` (which must be empty or new); see the module docstring."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     db = folder / "store.db"
     url = f"sqlite:///{db}"
     socket_path = folder / "spans.sock"

@@ -8,19 +8,25 @@ has another start time, the old target is gone and the new process is asked
 about afresh. Reading a start time costs ~40 µs, so with many targets that
 check runs every ``recheck_every`` scans (a pid reused within seconds needs
 the kernel to wrap its whole pid space).
+
+Command lines are redacted here, as each process is first examined and
+before any plugin, rule, target or store sees them (``infermeter.redact``):
+a secret passed as ``--api-key=...`` never gets further than this.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from infermeter.processes import ProcessInfo, process_info
 from infermeter.processes import start_time as read_start_time
 from infermeter.records import Target
+from infermeter.redact import default_patterns, redact_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,11 @@ Decide = Callable[[ProcessInfo], Target | None]
 
 
 class Discovery:
-    """Keeps the current targets by pid across ticks."""
+    """Keeps the current targets by pid across ticks.
+
+    ``redact_patterns`` (compiled, ``redact.patterns_for(config)``) clean every
+    command line; the defaults of ``[agent] redact_patterns`` when not given.
+    """
 
     def __init__(
         self,
@@ -46,8 +56,10 @@ class Discovery:
         recheck_every: int = 10,
         young_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        redact_patterns: Sequence[re.Pattern[str]] | None = None,
     ) -> None:
         self.host = host
+        self._patterns = tuple(default_patterns() if redact_patterns is None else redact_patterns)
         self._decide = decide
         self._list_pids = list_pids
         self._inspect = inspect
@@ -103,6 +115,8 @@ class Discovery:
         info = self._inspect(pid)
         if info is None:
             return None
+        if info.cmdline:
+            info = replace(info, cmdline=redact_cmdline(info.cmdline, self._patterns))
         now = self._clock()
         age = now - info.start_time
         if age <= self._young_s:

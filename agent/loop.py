@@ -25,6 +25,7 @@ from infermeter.pricing import Price, PriceCard, card_or_none, price_calls, pric
 from infermeter.processes import ProcessInfo
 from infermeter.reading_checks import implausible
 from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
+from infermeter.redact import patterns_for
 from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store
 from infermeter.windows import summarise
@@ -51,7 +52,7 @@ class Agent:
         self.store = store
         self.meters: list[Meter] = list(meters) if meters is not None else []
         self._meters_given = meters is not None
-        self.discovery = Discovery(config.host, self._decide)
+        self.discovery = Discovery(config.host, self._decide, redact_patterns=patterns_for(config))
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
         self.card: PriceCard | None = card_or_none(config)

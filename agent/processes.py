@@ -34,7 +34,9 @@ class ProcessInfo:
     """What discovery sees of one process (hookspecs.ProcessInfo).
 
     Equality covers (pid, start_time), so a pid that the kernel handed to a
-    new process compares unequal to the old one.
+    new process compares unequal to the old one. ``cmdline`` is what the
+    kernel shows, secrets included: ``Discovery`` redacts it
+    (``infermeter.redact``) before any plugin or target sees it.
     """
 
     pid: int

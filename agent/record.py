@@ -22,8 +22,10 @@ from infermeter.discovery import Discovery
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import Recorder
 from infermeter.plugin_manager import PluginManager
+from infermeter.private_files import open_private, private_dir
 from infermeter.processes import ProcessInfo
 from infermeter.records import Target
+from infermeter.redact import patterns_for
 from infermeter.replay import META_FILE, PROCESSES_FILE
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def record(
         raise InfermeterError(f"--seconds must be > 0, not {seconds}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InfermeterError(f"{out_dir} is not empty; record into a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    patterns = patterns_for(config)  # a bad pattern stops us before anything is written
+    private_dir(out_dir)  # 0700 when new: processes.jsonl holds command lines
     recorders: list[Recorder] = pm.collect("infermeter_recorders", out_dir=out_dir, config=config)
     stop = stop or threading.Event()
 
@@ -59,7 +62,7 @@ def record(
         result: Target | None = pm.hook.infermeter_discover(process=process, config=config)
         return result
 
-    discovery = Discovery(config.host, decide)
+    discovery = Discovery(config.host, decide, redact_patterns=patterns)
     seen: dict[tuple[int, float], Target] = {}
     current: dict[int, Target] = {}
     started = time.time()
@@ -92,7 +95,7 @@ def record(
             except Exception:
                 log.exception("recorder %s failed to close", r.name)
     ended = time.time()
-    with (out_dir / PROCESSES_FILE).open("w") as f:
+    with open_private(out_dir / PROCESSES_FILE) as f:
         for t in seen.values():
             rec = asdict(t)
             rec["labels"] = dict(t.labels)

@@ -20,6 +20,7 @@ from infermeter.errors import InfermeterError
 from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager
 from infermeter.records import Framework, Share, Span, Target
+from infermeter.redact import patterns_for, redact_cmdline
 from infermeter.store.writer import Store
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,12 @@ def workload_spans(trace_dir: Path) -> list[Span]:
 
 def replay_targets(trace_dir: Path, config: Config, pm: PluginManager, host: str) -> list[Target]:
     by_pid: dict[int, Target] = {}
+    patterns = patterns_for(config)  # a trace recorded before redaction, or by hand
     plugin_targets = pm.collect("infermeter_replay_targets", trace_dir=trace_dir, config=config)
     for target in [*recorded_targets(trace_dir, host), *plugin_targets]:
         if target.pid not in by_pid:
-            by_pid[target.pid] = replace(target, host=host)
+            cmdline = redact_cmdline(target.cmdline, patterns)
+            by_pid[target.pid] = replace(target, host=host, cmdline=cmdline)
         else:  # a later source may know labels the first did not
             first = by_pid[target.pid]
             labels = {**target.labels, **first.labels}

@@ -28,7 +28,9 @@ Rules (``[discovery] rules``) add targets by command line, user or cgroup and
 attach labels (model, tenant, team, any tag) to any target they match,
 runtime-detected or not. A process whose maps the agent may not read
 (another user's, without root or CAP_SYS_PTRACE) is logged once and its
-maps never retried; rules still apply to it.
+maps never retried; rules still apply to it. Rules see the command line as
+discovery hands it over, redacted (``--api-key=***``): a rule cannot match
+on a secret, and a target never carries one.
 """
 
 from __future__ import annotations
@@ -243,7 +245,8 @@ def infermeter_config_options() -> Sequence[Option]:
             "discovery",
             "rules",
             [],
-            "Tables {cmdline = regex (searched in the arguments joined by spaces), user = "
+            "Tables {cmdline = regex (searched in the arguments joined by spaces, after "
+            "[agent] redact_patterns replaced secrets by ***), user = "
             "name, cgroup = substring of /proc/PID/cgroup, framework = name, labels = {model, "
             "tenant, team, ...}}: a process matching every condition given is a target, and "
             "any target matched gets the labels (a later rule overrides an earlier one's).",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -136,3 +137,48 @@ def test_plugin_errors_do_not_stop_discovery() -> None:
     start = time.monotonic()
     assert d.scan() == {}
     assert time.monotonic() - start < 5
+
+
+SECRET_ARGS = ("--api-key=sk-secret123", "--hf-token", "hf_abc", "OPENAI_API_KEY=sk-x")
+REDACTED_ARGS = ("--api-key=***", "--hf-token", "***", "OPENAI_API_KEY=***")
+
+
+def test_plugins_and_targets_see_the_command_line_redacted() -> None:
+    """A real process with secrets in its argv: no plugin, target or SDK target sees one."""
+    seen: list[tuple[str, ...]] = []
+
+    def decide(p: ProcessInfo) -> Target | None:
+        seen.append(p.cmdline)
+        return decide_marked(p)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", MARK, *SECRET_ARGS]
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *SECRET_ARGS])
+    try:
+        raw = process_info(proc.pid)
+        assert raw is not None and raw.cmdline[-4:] == SECRET_ARGS, "the kernel shows them"
+        d = Discovery("h", decide, young_s=0.0)
+        found = d.scan()
+        assert found[proc.pid].cmdline[-5:] == (MARK, *REDACTED_ARGS)
+        d.announce(other.pid, {"tenant": "acme"})  # the SDK path builds its own Target
+        found = d.scan()
+        assert found[other.pid].how_found == "sdk"
+        assert found[other.pid].cmdline[-4:] == REDACTED_ARGS
+        assert seen and not any("sk-secret123" in w or "hf_abc" in w for c in seen for w in c)
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
+
+
+def test_the_patterns_given_are_the_ones_applied() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", MARK, "--x=y"])
+    try:
+        d = Discovery("h", decide_marked, young_s=0.0, redact_patterns=[re.compile(r"(--x=)(.*)")])
+        assert d.scan()[proc.pid].cmdline[-2:] == (MARK, "--x=***")
+        keep = Discovery("h", decide_marked, young_s=0.0, redact_patterns=[])
+        assert keep.scan()[proc.pid].cmdline[-2:] == (MARK, "--x=y")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -302,3 +302,31 @@ def test_process_table_scan_cost() -> None:
         f"psutil.Process(p).create_time() for all {fresh:.0f} us; process_info {info:.0f} us"
     )
     assert n > 3 and os.getpid() in procfs_scan.list_processes()
+
+
+def test_rules_match_the_redacted_command_line() -> None:
+    """Through the agent's own discovery: a rule sees ***, never the secret it replaced."""
+    from infermeter.discovery import Discovery
+    from infermeter.redact import patterns_for
+
+    pm = make_plugin_manager()
+    rules = [
+        {"cmdline": "privacy-marker --api-key=\\*\\*\\*", "labels": {"team": "redacted"}},
+        {"cmdline": "sk-secret123", "labels": {"leak": "yes"}},
+    ]
+    cfg = build_config(pm.config_options(), {"discovery": {"rules": rules}})
+
+    def decide(p: ProcessInfo) -> Any:
+        return pm.hook.infermeter_discover(process=p, config=cfg)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLEEP_PY, "privacy-marker", "--api-key=sk-secret123"]
+    )
+    try:
+        d = Discovery(cfg.host, decide, young_s=0.0, redact_patterns=patterns_for(cfg))
+        target = d.scan()[child.pid]
+        assert target.how_found == "rule" and dict(target.labels) == {"team": "redacted"}
+        assert target.cmdline[-2:] == ("privacy-marker", "--api-key=***")
+    finally:
+        child.kill()
+        child.wait()

@@ -3,6 +3,11 @@
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed flush
 survives the agent being killed, and readers (``report``, ``top``) never
 block the writer.
+
+A SQLite store this opens for the first time is created here, 0600, before
+SQLite sees it: SQLite gives the ``-wal`` and ``-shm`` files the database
+file's permissions, so none of the three is readable by other users. A
+folder made for it (``create_dir``) is 0700. See ``infermeter.private_files``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from infermeter.errors import StoreError
+from infermeter.private_files import create_private_file, private_dir, warn_if_public
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -41,9 +47,11 @@ def open_engine(url: str, create_dir: bool = False) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         if create_dir:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
         elif not path.parent.is_dir():
             raise StoreError(f"cannot open database {path}: folder {path.parent} does not exist")
+        if not _sqlite_uri(u.query):
+            _create_private(path)
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
@@ -64,6 +72,21 @@ def open_engine(url: str, create_dir: bool = False) -> Engine:
         reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
         raise StoreError(f"cannot connect to database {redact(url)}: {reason}") from None
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file 0600 (its -wal and -shm follow); warn about an open one."""
+    try:
+        created = create_private_file(path)
+    except OSError:
+        return  # a folder we may not write to: SQLite's own open says why, in one line
+    if not created and path.is_file():
+        warn_if_public(path)
+
+
+def _sqlite_uri(query: Any) -> bool:
+    """Whether the URL hands SQLite a ``file:`` URI, whose path is not ``database`` verbatim."""
+    return str(query.get("uri", "")).lower() in ("1", "true", "yes", "on")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
