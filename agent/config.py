@@ -19,6 +19,7 @@ from typing import Any
 import platformdirs
 
 from infermeter.errors import ConfigError
+from infermeter.redact import DEFAULT_PATTERNS, check_patterns
 
 ENV_CONFIG = "INFERMETER_CONFIG"
 ENV_DB = "INFERMETER_DB"
@@ -122,13 +123,12 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option(
         "agent",
         "redact_patterns",
-        [
-            r"(?i)^(--?[\w.-]*(?:key|token|secret|password|passwd)[\w.-]*)[= ](.+)$",
-            r"^([A-Z_][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Z0-9_]*)=(.+)$",
-        ],
-        "Regular expressions over command-line words: what the second group matches "
-        "is stored as *** (a flag's value in the next word is redacted too).",
+        list(DEFAULT_PATTERNS),
+        "Regular expressions over command-line words: what the second group (else the "
+        "only group, else the whole match) matches is stored as *** (a flag's value in "
+        "the next word is redacted too).",
         list,
+        check=check_patterns,
     ),
     Option("sql", "timeout_s", 10.0, "Seconds a `sql` query may run before it is stopped."),
     Option("sql", "max_rows", 100_000, "Rows `sql` prints at most; beyond them it stops."),

@@ -86,12 +86,8 @@ _CACHE: dict[str, tuple[re.Pattern[str], ...]] = {}
 
 
 def patterns_for(config: Config) -> tuple[re.Pattern[str], ...]:
-    """The compiled patterns of ``config``; ConfigError when one is not a regex.
-
-    A value left at its default means DEFAULT_PATTERNS (the config module's
-    declared default may lag behind them).
-    """
-    raw = config[OPTION] if config.sources.get(OPTION, "default") != "default" else DEFAULT_PATTERNS
+    """The compiled patterns of ``config``; ConfigError when one is not a regex."""
+    raw = config[OPTION]
     key = repr(raw)
     cached = _CACHE.get(key)
     if cached is None:
