@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from infermeter.config import Config, Option
     from infermeter.pricing import Price, PriceCard
     from infermeter.records import Device, Reading, Recommendation, Share, Span, Target
+    from infermeter.trace_check import TraceProblem
 
 hookspec = pluggy.HookspecMarker("infermeter")
 hookimpl = pluggy.HookimplMarker("infermeter")
@@ -209,6 +210,17 @@ def infermeter_replay_targets(trace_dir: Path, config: Config) -> Sequence[Targe
 
     Called once by ``infermeter replay``; the union of all plugins' answers
     is the replay's target set (first answer for a pid wins).
+    """
+
+
+@hookspec
+def infermeter_replay_check(trace_dir: Path) -> Sequence[TraceProblem]:
+    """Return what in this plugin's files of a trace cannot be read whole.
+
+    Called by ``infermeter replay`` before anything is written: one problem
+    refuses the trace (one line naming the file and line, exit 2), unless
+    ``--partial`` is given, when the replay meters replay the readable rest
+    and the problems are recorded as the trace's gaps.
     """
 
 

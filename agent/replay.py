@@ -5,6 +5,13 @@ code that reads the hardware, and the processes the trace saw. The agent then
 ticks and flushes exactly as it does live, only without waiting between
 ticks. ``processes.jsonl``, written by ``infermeter record``, is the core's own
 record of what discovery saw; plugins add what their own files name.
+
+A trace is checked whole before anything is written: the core's own files
+(meta.json, processes.jsonl, spans_*.jsonl, workload.json) here, each
+plugin's through ``infermeter_replay_check``. Any problem refuses the trace
+with one line naming the file and the line (``TraceError``); with
+``partial`` the readable rows are replayed and each problem is a gap, kept
+in the store's ``quarantine`` table (source ``trace``) and in the result.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from infermeter.config import Config
 from infermeter.errors import InfermeterError
@@ -22,12 +30,29 @@ from infermeter.plugin_manager import PluginManager
 from infermeter.records import Framework, Share, Span, Target
 from infermeter.redact import patterns_for, redact_cmdline
 from infermeter.store.writer import Store
+from infermeter.trace_check import (
+    BadValue,
+    LineReader,
+    TraceError,
+    TraceProblem,
+    first,
+    json_value,
+    key_line,
+    load_document,
+    mapping,
+    number,
+    sequence,
+    show,
+    text,
+    whole,
+)
 
 log = logging.getLogger(__name__)
 
 PROCESSES_FILE = "processes.jsonl"
 META_FILE = "meta.json"
 WORKLOAD_FILE = "workload.json"
+QUARANTINE_SOURCE = "trace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,42 +65,87 @@ class ReplayResult:
     spans: int
     meters: tuple[str, ...]
     targets: tuple[Target, ...]
+    gaps: tuple[TraceProblem, ...] = ()  # what a partial replay left out
+
+
+# -- the core's files, each line checked -------------------------------------------
+
+
+def load_meta(trace_dir: Path) -> tuple[dict[str, Any], list[TraceProblem]]:
+    """meta.json ({} when absent or unreadable), and its problems."""
+    path = trace_dir / META_FILE
+    if not path.is_file():
+        return {}, []
+    data, problems = load_document(path)
+    if problems:
+        return {}, problems
+    key = "host"
+    try:
+        meta = mapping(data, META_FILE)
+        if meta.get("host") is not None:
+            text(meta["host"], "host")
+        key = "started"
+        started = None if meta.get(key) is None else number(meta[key], key, 0)
+        key = "ended"
+        ended = None if meta.get(key) is None else number(meta[key], key, 0)
+        if started is not None and ended is not None and ended < started:
+            raise BadValue(f"time goes backwards (ended {ended!r} before started {started!r})")
+        key = "idle_window"
+        if meta.get(key) is not None:
+            a, b = (number(v, key, 0) for v in sequence(meta[key], key, 2))
+            if b < a:
+                raise BadValue(f"idle_window: time goes backwards ({b!r} before {a!r})")
+    except BadValue as e:
+        return {}, [TraceProblem(path, key_line(path, key), str(e), whole_file=True)]
+    return meta, []
 
 
 def trace_host(trace_dir: Path) -> str:
     """The host a trace was recorded on: meta.json's, else the folder's name."""
-    meta = trace_dir / META_FILE
-    if meta.is_file():
-        try:
-            host = json.loads(meta.read_text()).get("host")
-        except (ValueError, AttributeError):
-            host = None
-        if isinstance(host, str) and host:
-            return host
+    host = load_meta(trace_dir)[0].get("host")
+    if isinstance(host, str) and host:
+        return host
     return trace_dir.resolve().name
 
 
-def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
+def _target_line(_number: int, line: str) -> tuple[None, dict[str, Any]]:
+    rec = mapping(json_value(line), "line")
+    whole(rec["pid"], "pid")
+    number(rec["start_time"], "start_time", 0)
+    framework = text(rec.get("framework", "unknown"), "framework")
+    if framework not in {str(f) for f in Framework}:
+        raise BadValue(f"framework: {show(framework)} is not one infermeter knows")
+    for i, arg in enumerate(sequence(rec.get("cmdline", []), "cmdline")):
+        text(arg, f"cmdline[{i}]", empty=True)
+    for k, v in mapping(rec.get("labels", {}), "labels").items():
+        text(v, f"labels[{show(k)}]", empty=True)
+    text(rec.get("how_found", "runtime"), "how_found")
+    return None, rec  # start times are not in order: a process seen later may be older
+
+
+def load_processes(trace_dir: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
+    """processes.jsonl's readable records ([] when absent), and its problems."""
     path = trace_dir / PROCESSES_FILE
     if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        out.append(
-            Target(
-                host=host,
-                pid=int(rec["pid"]),
-                start_time=float(rec["start_time"]),
-                framework=Framework(rec.get("framework", "unknown")),
-                cmdline=tuple(rec.get("cmdline", ())),
-                labels=dict(rec.get("labels", {})),
-                how_found=str(rec.get("how_found", "runtime")),
-            )
+        return [], []
+    reader = LineReader(path)
+    rows = reader.rows(_target_line)
+    return rows, reader.problems
+
+
+def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
+    return [
+        Target(
+            host=host,
+            pid=int(rec["pid"]),
+            start_time=float(rec["start_time"]),
+            framework=Framework(rec.get("framework", "unknown")),
+            cmdline=tuple(rec.get("cmdline", ())),
+            labels=dict(rec.get("labels", {})),
+            how_found=str(rec.get("how_found", "runtime")),
         )
-    return out
+        for rec in load_processes(trace_dir)[0]
+    ]
 
 
 def recorded_spans(trace_dir: Path) -> list[Span]:
@@ -85,33 +155,109 @@ def recorded_spans(trace_dir: Path) -> list[Span]:
     return spans
 
 
+def _spans_header(line: str) -> dict[str, Any]:
+    header = mapping(json_value(line), "header")
+    whole(header.get("pid"), "header pid")
+    text(header.get("model"), "header model")
+    for key in ("runtime", "dtype"):
+        if header.get(key) is not None:
+            text(header[key], f"header {key}")
+    if header.get("t0") is not None:
+        number(header["t0"], "header t0", 0)
+    return header
+
+
+def _request_line(_number: int, line: str) -> tuple[float, tuple[float, float, int]]:
+    row = sequence(json_value(line), "request", 5)
+    whole(row[0], "index")
+    number(row[1], "due", 0)
+    start = number(row[2], "start", 0)
+    end = number(row[3], "end", 0)
+    if end < start:
+        raise BadValue(f"time goes backwards (end {end!r} before start {start!r})")
+    return start, (start, end, whole(row[4], "items"))
+
+
+def load_request_spans(path: Path) -> tuple[list[Span], list[TraceProblem]]:
+    """One spans_*.jsonl: a header line, then [index, due, start, end, items] per request."""
+    headers: list[dict[str, Any]] = []
+
+    def header(line: str) -> None:
+        headers.append(_spans_header(line))
+
+    reader = LineReader(path)
+    rows = reader.rows(_request_line, header)
+    if not headers:
+        return [], reader.problems
+    h = headers[0]
+    pid, model = int(h["pid"]), str(h["model"])
+    framework, dtype = h.get("runtime"), h.get("dtype")
+    spans = [
+        Span(pid=pid, model=model, t0=t0, t1=t1, items=items, framework=framework, dtype=dtype)
+        for t0, t1, items in rows
+    ]
+    return spans, reader.problems
+
+
 def request_spans(trace_dir: Path) -> list[Span]:
-    """Every request of ``spans_*.jsonl``: a header line, then [i, due, start, end, items]."""
-    spans: list[Span] = []
+    """Every readable request of ``spans_*.jsonl``."""
+    paths = sorted(trace_dir.glob("spans_*.jsonl"))
+    return [span for path in paths for span in load_request_spans(path)[0]]
+
+
+_PHASE_KEYS = ("name", "model", "dtype", "pid", "calls", "items", "bs", "t0", "t1")
+
+
+def _check_phase(d: dict[str, Any]) -> None:
+    for key in ("name", "model", "dtype"):
+        if d.get(key) is not None:
+            text(d[key], key, empty=True)
+    for key in ("pid", "calls", "items", "bs"):
+        if d.get(key) is not None:
+            whole(d[key], key)
+    t0, t1 = number(d["t0"], "t0", 0), number(d["t1"], "t1", 0)
+    if t1 < t0:
+        raise BadValue(f"t1: time goes backwards ({t1!r} before t0 {t0!r})")
+    for key in ("lat_p50_ms", "lat_p99_ms"):
+        if d.get(key) is not None:
+            number(d[key], key, 0)
+
+
+def load_workload(trace_dir: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
+    """workload.json's phases ([] when absent or unreadable), and its problems."""
+    path = trace_dir / WORKLOAD_FILE
+    if not path.is_file():
+        return [], []
+    data, problems = load_document(path)
+    if problems:
+        return [], problems
+    try:
+        phases = [mapping(p, f"phase {i}") for i, p in enumerate(sequence(data, WORKLOAD_FILE))]
+    except BadValue as e:
+        return [], [TraceProblem(path, 1, str(e), whole_file=True)]
+    for i, phase in enumerate(phases):
+        try:
+            _check_phase(phase)
+        except (BadValue, KeyError) as e:
+            what = str(e.args[0]) if isinstance(e, BadValue) else f"missing {e.args[0]!r}"
+            key = next((k for k in _PHASE_KEYS if what.startswith(k) or f"'{k}'" in what), "name")
+            line = key_line(path, key, i)
+            return [], [TraceProblem(path, line, f"phase {i}: {what}", whole_file=True)]
+    return phases, []
+
+
+def check_core_files(trace_dir: Path) -> list[TraceProblem]:
+    """Every problem in the files the core reads from a trace."""
+    problems = [*load_meta(trace_dir)[1], *load_processes(trace_dir)[1]]
     for path in sorted(trace_dir.glob("spans_*.jsonl")):
-        lines = path.read_text().splitlines()
-        if not lines:
-            continue
-        header = json.loads(lines[0])
-        pid, model = int(header["pid"]), str(header["model"])
-        framework = header.get("runtime")
-        dtype = header.get("dtype")
-        for line in lines[1:]:
-            if not line.strip():
-                continue
-            _index, _due, start, end, items = json.loads(line)
-            spans.append(
-                Span(
-                    pid=pid,
-                    model=model,
-                    t0=float(start),
-                    t1=float(end),
-                    items=int(items),
-                    framework=framework,
-                    dtype=dtype,
-                )
-            )
-    return spans
+        problems += load_request_spans(path)[1]
+    return [*problems, *load_workload(trace_dir)[1]]
+
+
+def check_trace(trace_dir: Path, pm: PluginManager) -> list[TraceProblem]:
+    """Every problem in a trace: the core's files and each plugin's (none: replay it whole)."""
+    found = pm.collect("infermeter_replay_check", trace_dir=trace_dir)
+    return [*check_core_files(trace_dir), *found]
 
 
 def workload_spans(trace_dir: Path) -> list[Span]:
@@ -129,11 +275,8 @@ def workload_spans(trace_dir: Path) -> list[Span]:
     the store keeps one dtype per model name. Phases without a process (the
     idle one) or without calls are not spans.
     """
-    path = trace_dir / WORKLOAD_FILE
-    if not path.is_file():
-        return []
     spans: list[Span] = []
-    for phase in json.loads(path.read_text()):
+    for phase in load_workload(trace_dir)[0]:
         if phase.get("pid") is None or not phase.get("model") or not phase.get("calls"):
             continue
         tags = {"calls": str(int(phase["calls"])), "batch": str(int(phase["bs"]))}
@@ -191,10 +334,22 @@ def replay(
     store: Store | None,
     progress: Callable[[float], None] | None = None,
     observe: Callable[[Agent, list[Share]], None] | None = None,
+    partial: bool = False,
+    problems: Sequence[TraceProblem] | None = None,
 ) -> ReplayResult:
-    """Replay a trace into ``store``; ``observe`` sees the agent and each tick's shares."""
+    """Replay a trace into ``store``; ``observe`` sees the agent and each tick's shares.
+
+    The trace is checked first (``problems``, when the caller checked it
+    already): a problem raises TraceError before anything is written, unless
+    ``partial``, when the readable rest is replayed and the problems are
+    stored as the trace's gaps.
+    """
     if not trace_dir.is_dir():
         raise InfermeterError(f"trace folder {trace_dir} does not exist")
+    gaps = list(check_trace(trace_dir, pm) if problems is None else problems)
+    refused = first(gaps)
+    if refused is not None and not partial:
+        raise TraceError(refused)
     meters = pm.collect("infermeter_replay_meters", trace_dir=trace_dir, config=config)
     windows = pm.collect("infermeter_replay_window", flatten=False, trace_dir=trace_dir)
     if not meters or not windows:
@@ -239,6 +394,8 @@ def replay(
     written += agent.flush(now, final=True)
     agent.rollup(now, final=True)
     agent.close()
+    if store is not None and gaps:
+        record_gaps(store, gaps, t_start)
     return ReplayResult(
         host=host,
         t_start=t_start,
@@ -248,4 +405,44 @@ def replay(
         spans=len(spans),
         meters=tuple(m.name for m in meters),
         targets=tuple(targets),
+        gaps=tuple(sorted(gaps, key=lambda g: (str(g.path), g.line))),
     )
+
+
+def record_gaps(store: Store, gaps: Sequence[TraceProblem], t_start: float) -> int:
+    """Keep each gap of a partial replay in ``quarantine`` (source "trace"), once.
+
+    ``at`` is the recorded time the gap begins (the trace's start when it has
+    none), so a gap sits among the rows of the time it is missing from. A
+    second replay of the same trace adds nothing: a gap is its payload.
+    """
+    from sqlalchemy import insert, select
+
+    from infermeter.store.schema import quarantine
+
+    added = 0
+    with store.engine.begin() as conn:
+        host_id = store.host_id(conn, t_start)
+        for gap in gaps:
+            payload = json.dumps(gap.payload(), sort_keys=True, ensure_ascii=True)
+            seen = conn.execute(
+                select(quarantine.c.id).where(
+                    quarantine.c.host_id == host_id,
+                    quarantine.c.source == QUARANTINE_SOURCE,
+                    quarantine.c.payload == payload,
+                )
+            ).first()
+            if seen is not None:
+                continue
+            reason = f"trace gap: {gap}; missing {gap.missing}"
+            conn.execute(
+                insert(quarantine).values(
+                    host_id=host_id,
+                    at=gap.t_from if gap.t_from is not None else t_start,
+                    source=QUARANTINE_SOURCE,
+                    reason=reason.encode("ascii", "backslashreplace").decode("ascii"),
+                    payload=payload,
+                )
+            )
+            added += 1
+    return added

@@ -33,11 +33,13 @@ from infermeter.plugins.cpu_trace import (
     CPU_TIMES,
     CpuTimesRecorder,
     RecordedTimes,
+    check_files,
     model_name_of,
     recorded_targets,
 )
 from infermeter.plugins.cpu_weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
 from infermeter.records import Device, DeviceKind, Method, Reading, Target
+from infermeter.trace_check import TraceProblem
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,11 @@ def _load(path: Path) -> RecordedTimes | None:
     except ValueError:
         log.warning("%s holds no usable row; no CPU replay", path)
         return None
+
+
+@hookimpl
+def infermeter_replay_check(trace_dir: Path) -> Sequence[TraceProblem]:
+    return check_files(Path(trace_dir))
 
 
 @hookimpl

@@ -15,6 +15,12 @@ does; readers treat them as optional (the fixture lacks them), and a
 table row. Replay answers at any ``now`` by linear interpolation between
 the two rows around it: cumulative counters stay monotonic, and a tick that
 falls between 4 Hz samples still gets its share.
+
+Every line is checked (infermeter.trace_check): a line that does not parse,
+a number that is not finite or is negative, a time going backwards is a
+problem naming the file and line; ``check_files`` lists them for the replay
+to refuse the trace on, and the readers return the readable rows, which is
+what ``--partial`` replays.
 """
 
 from __future__ import annotations
@@ -30,6 +36,20 @@ from infermeter.config import Config
 from infermeter.plugins.cpu_power import cpu_model_name, logical_cpus
 from infermeter.plugins.cpu_weights import ProcKey, SystemTimes, busy_seconds
 from infermeter.records import Framework, Target
+from infermeter.trace_check import (
+    MAX_GAP_S,
+    BadValue,
+    LineReader,
+    TraceProblem,
+    json_value,
+    key_line,
+    load_document,
+    mapping,
+    number,
+    show,
+    text,
+    whole,
+)
 
 if TYPE_CHECKING:  # the recorder imports it when it records
     import psutil
@@ -40,24 +60,71 @@ CPU_TIMES = "cpu_times.jsonl"
 CPU_INFO = "cpu_info.json"
 
 
+_SYSTEM_NEEDED = ("user", "system", "idle")
+_SYSTEM_OPTIONAL = ("iowait", "nice", "irq", "softirq")
+
+
+def _row(_number: int, line: str) -> tuple[float, dict[str, Any]]:
+    """One cpu_times.jsonl line, every number finite and not negative."""
+    row = mapping(json_value(line), "line")
+    t = number(row["t"], "t", low=0)
+    system = mapping(row["system"], "system")
+    for key in _SYSTEM_NEEDED:
+        number(system[key], f"system.{key}", low=0)
+    for key in _SYSTEM_OPTIONAL:
+        if system.get(key) is not None:
+            number(system[key], f"system.{key}", low=0)
+    if system.get("ncpu") is not None:
+        whole(system["ncpu"], "system.ncpu", low=1)
+    procs = mapping(row.get("procs") or {}, "procs")
+    for pid, proc in procs.items():
+        whole(pid, f"procs key {show(pid)}")
+        p = mapping(proc, f"procs[{pid}]")
+        number(p["user"], f"procs[{pid}].user", low=0)
+        number(p["system"], f"procs[{pid}].system", low=0)
+        if p.get("rss") is not None:
+            whole(p["rss"], f"procs[{pid}].rss")
+    return t, row
+
+
+def load_rows(path: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
+    """The readable rows of a cpu_times.jsonl in time order, and what could not be read."""
+    reader = LineReader(path)
+    rows = reader.rows(_row, max_gap_s=MAX_GAP_S)
+    return rows, reader.problems
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a cpu_times.jsonl sorted by time; malformed lines are skipped and counted."""
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                float(row["t"])
-                if not isinstance(row.get("system"), dict):
-                    raise ValueError("no system")
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-                continue
-            rows.append(row)
-    if bad:
-        log.warning("%s: %d malformed line(s) skipped", path, bad)
-    rows.sort(key=lambda r: float(r["t"]))
+    """The readable rows of a cpu_times.jsonl; a replay checks ``load_rows``'s problems first."""
+    rows, problems = load_rows(path)
+    if problems:  # a replay has reported them already (or refused the trace)
+        log.debug(
+            "%s: %d line(s) not readable, left out (first: %s)", path, len(problems), problems[0]
+        )
     return rows
+
+
+def check_files(trace_dir: Path) -> list[TraceProblem]:
+    """Every problem in the CPU files of a trace (cpu_times.jsonl, cpu_info.json)."""
+    problems: list[TraceProblem] = []
+    if (trace_dir / CPU_TIMES).is_file():
+        problems += load_rows(trace_dir / CPU_TIMES)[1]
+    info = trace_dir / CPU_INFO
+    if info.is_file():
+        data, found = load_document(info)
+        problems += found
+        if not found:
+            try:
+                d = mapping(data, "cpu_info.json")
+                text(d["model_name"], "model_name", empty=True)
+                if d.get("ncpu") is not None:
+                    whole(d["ncpu"], "ncpu", low=1)
+            except (BadValue, KeyError) as e:
+                what = str(e.args[0]) if isinstance(e, BadValue) else f"missing {e.args[0]!r}"
+                problems.append(
+                    TraceProblem(info, key_line(info, "model_name"), what, whole_file=True)
+                )
+    return problems
 
 
 class RecordedTimes:

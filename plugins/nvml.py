@@ -10,7 +10,7 @@ The hooks here only wire things up; the work is in:
 - nvml_record: NvmlRecorder, writing the shared fixtures' file format;
 - nvml_replay: NvmlStandIn, which answers like pynvml from a trace, and
   ReplayNvmlMeter, the same meter over it;
-- nvml_trace: the trace files, the replay window and targets.
+- nvml_trace: the trace files (each line checked), the replay window and targets.
 
 Live, NVML is initialised once when the meters are created and shut down by
 the meter's ``close()``: one ``nvmlInit`` for the agent's life. No driver, no
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from infermeter.plugins.nvml_devices import Gpu
     from infermeter.plugins.nvml_meter import NvmlMeter
     from infermeter.records import Target
+    from infermeter.trace_check import TraceProblem
 
 log = logging.getLogger("infermeter.plugins.nvml")
 
@@ -144,7 +145,15 @@ def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]
 
     if not _setting(config, "enabled") or not device_indices(trace_dir):
         return []
-    return [ReplayNvmlMeter(NvmlStandIn.from_trace(trace_dir))]
+    standin = NvmlStandIn.from_trace(trace_dir)
+    return [ReplayNvmlMeter(standin)] if standin.gpus else []
+
+
+@hookimpl
+def infermeter_replay_check(trace_dir: Path) -> Sequence[TraceProblem]:
+    from infermeter.plugins.nvml_trace import check_files
+
+    return check_files(trace_dir)
 
 
 @hookimpl

@@ -24,12 +24,29 @@ returns nothing; its interval waits, and when the counter is next read the
 delta is split over the waiting intervals by the integral of the instant power
 samples inside each (by time when there are none): every interval keeps its
 own weights and the sum stays the counter's to the microjoule (Method
-MEASURED, the note says it was split). A counter that goes back (driver
-reload, GPU reset) never yields negative energy: that interval is integrated
-power instead, with a note. Without a counter (NotSupported, NoPermission)
-every reading is the trapezoid integral of the power samples (INTEGRATED);
-``nvmlDeviceGetPowerUsage``, a 1 s average on Hopper, is the power source
-only when instant power is unavailable.
+MEASURED, the note says it was split). Without a counter (NotSupported,
+NoPermission) every reading is the trapezoid integral of the power samples
+(INTEGRATED); ``nvmlDeviceGetPowerUsage``, a 1 s average on Hopper, is the
+power source only when instant power is unavailable.
+
+The counter is cross-checked, not believed: each delta is held against what
+the device can draw and against the power samples of the same interval. A
+delta that goes back (driver reload, GPU reset), one whose implied power is
+above the plausible ceiling (the power limit, or the highest settable one,
+x ``POWER_MARGIN``, over the interval plus one counter step: a 1e12 mJ jump
+would otherwise be 1e9 J on a 700 W card), a counter that does not move for
+``FROZEN_MIN_DT_S`` while the power samples say the device draws more than
+``FROZEN_MIN_W``, and after such a freeze every delta until one agrees with
+the power samples again (a counter that catches up on the energy it held
+back, or that moved for only part of the interval): each is replaced for
+that interval by the power integral, Method INTEGRATED, with a note saying
+why. The interval a freeze begins in keeps its (short) counter delta: one
+slow second cannot be told from a freeze until the next. The baseline is
+re-anchored at every read, so the next sane delta is MEASURED again. A power
+sample outside [0, ceiling] is dropped. A counter that answered NotSupported
+(or NoPermission, ...) is probed again every ``counter_probe_s``: when it
+answers, the meter goes back to it. Each degradation is logged once per GPU
+and reason, not every tick.
 
 Weights. ``nvmlDeviceGetProcessUtilization(handle, lastSeen)`` is polled with
 the last seen timestamp carried forward; NotFound (no new sample) is the
@@ -48,9 +65,10 @@ hold, without the driver's own reserve that ``nvmlDeviceGetMemoryInfo``
 counts): right-size advice compares it with the card's memory.
 
 Errors. Every NVML error degrades only what it touches and is logged once per
-device and reason; errors that will not go away (NotSupported, NoPermission,
-FunctionNotFound) switch that source off for good. A GPU with no energy
-source left (lost, no power either) gives no reading. ``read`` never raises.
+device and reason; errors that are not expected to go away (NotSupported,
+NoPermission, FunctionNotFound) switch that source off (the energy counter
+only until its next probe). A GPU with no energy source left (lost, no power
+either) gives no reading. ``read`` never raises.
 """
 
 from __future__ import annotations
@@ -80,12 +98,40 @@ from infermeter.records import Device, Method, Reading, Target
 log = logging.getLogger("infermeter.plugins.nvml")
 
 COUNTER_SLACK = 0.9  # a 1 s tick that fires a little early still reads the counter
+# The plausible ceiling of a GPU's draw: its power limit (or the highest one
+# the driver accepts, whichever is higher) times this margin. An H100 at its
+# 700 W limit showed instant samples of 712 W in the fixtures; 1.5x leaves
+# room for transients and is still 1e6 times below a corrupt counter jump.
+POWER_MARGIN = 1.5
+# A GPU whose limit NVML does not give: no single NVIDIA device draws this.
+UNKNOWN_LIMIT_CEILING_W = 3000.0
+# The counter advances in steps (~100 ms on Hopper): a delta over a short
+# interval may hold one step more than the interval drew. Two steps of slack.
+COUNTER_QUANTUM_S = 0.2
+# A counter that has not moved for this long while power says the device
+# draws more than FROZEN_MIN_W is frozen (idle is 70 W on an H100).
+FROZEN_MIN_DT_S = 0.5
+FROZEN_MIN_W = 5.0
+# After a freeze the counter is trusted again from the first delta within
+# this ratio of the power integral, give or take one counter step at the
+# interval's peak power (over 1 s the fixtures' counter and instant-power
+# integral agree within 0.90-1.12).
+AFTER_FREEZE_RATIO = 1.25
+COUNTER_STEP_S = 0.1
+# How often a counter that answered NotSupported/NoPermission is asked again.
+COUNTER_PROBE_S = 30.0
 # Errors that asking again will not cure: the source is switched off for good.
 PERMANENT = (
     pynvml.NVMLError_NotSupported,
     pynvml.NVMLError_NoPermission,
     pynvml.NVMLError_FunctionNotFound,
 )
+
+
+def ceiling_w(device: Device) -> float:
+    """The most a GPU can plausibly draw: its highest power limit x POWER_MARGIN."""
+    limits = [w for w in (device.power_limit_w, device.max_power_limit_w) if w]
+    return max(limits) * POWER_MARGIN if limits else UNKNOWN_LIMIT_CEILING_W
 
 
 @dataclass(slots=True)
@@ -106,10 +152,13 @@ class GpuState:
     util_ok: bool = True
     util_sum: float = 0.0
     util_n: int = 0
+    ceiling_w: float = UNKNOWN_LIMIT_CEILING_W  # plausible draw at most (see POWER_MARGIN)
     counter_ok: bool = True
     counter_why: str = ""
+    counter_probe_at: float = 0.0  # when a switched-off counter is asked again
     counter_mj: int | None = None
     counter_t: float | None = None
+    counter_frozen: bool = False  # the last delta was refused as a frozen counter
     last_t: float | None = None
     pending: list[Piece] = field(default_factory=list)
 
@@ -126,10 +175,15 @@ class NvmlMeter:
         counter_period_s: float = 1.0,
         owns_init: bool = True,
         clock: Callable[[], float] = time.time,
+        counter_probe_s: float = COUNTER_PROBE_S,
     ) -> None:
         self._nvml = nvml
-        self._gpus = [GpuState(g, [ViewState(v) for v in g.views]) for g in gpus]
+        self._gpus = [
+            GpuState(g, [ViewState(v) for v in g.views], ceiling_w=ceiling_w(g.device))
+            for g in gpus
+        ]
         self.counter_period_s = counter_period_s
+        self.counter_probe_s = counter_probe_s
         self._owns_init = owns_init
         self._clock = clock
         self._lock = threading.Lock()
@@ -170,8 +224,22 @@ class NvmlMeter:
             self._warned.add((uid, key))
             log.warning("GPU %s: " + msg, uid, *args, exc_info=exc_info)
 
+    def _info(self, uid: str, key: str, msg: str, *args: Any) -> None:
+        if (uid, key) not in self._warned:
+            self._warned.add((uid, key))
+            log.info("GPU %s: " + msg, uid, *args)
+
     def _poll_gpu(self, g: GpuState, now: float) -> None:
         watts = self._power_w(g)
+        if watts is not None and not 0.0 <= watts <= g.ceiling_w:  # NaN fails too
+            self._warn(
+                g.gpu.device.uid,
+                "power-implausible",
+                "power sample of %s W outside [0, %.0f W]: dropped",
+                watts,
+                g.ceiling_w,
+            )
+            watts = None
         if watts is not None:  # in time order even when read's `now` trails the poller's
             bisect.insort(g.power, (now, watts))
         if g.util_ok:
@@ -312,6 +380,7 @@ class NvmlMeter:
             g.counter_mj, g.counter_t = None, None  # a later value must not span the gap
             if isinstance(e, PERMANENT):
                 g.counter_ok, g.counter_why = False, f"no energy counter ({why(e)})"
+                g.counter_probe_at = now + self.counter_probe_s
             self._warn(
                 g.gpu.device.uid,
                 "counter:" + type(e).__name__,
@@ -319,6 +388,9 @@ class NvmlMeter:
                 why(e),
             )
             return None, f"energy counter failed ({why(e)})"
+        if not g.counter_ok:
+            g.counter_ok, g.counter_why = True, ""
+            self._info(g.gpu.device.uid, "counter-back", "energy counter answers again")
         g.counter_mj, g.counter_t = value, now
         return value, ""
 
@@ -327,7 +399,7 @@ class NvmlMeter:
     ) -> tuple[list[float | None] | None, Method, str]:
         """Energy of each pending piece, or None while waiting for the counter."""
         pieces = g.pending
-        if not g.counter_ok:
+        if not g.counter_ok and now < g.counter_probe_at:
             return self._integrated(g, pieces), Method.INTEGRATED, g.counter_why
         due = (
             force
@@ -336,22 +408,15 @@ class NvmlMeter:
         )
         if not due:
             return None, Method.MEASURED, ""
-        before = g.counter_mj
+        before, before_t = g.counter_mj, g.counter_t
         value, failed = self._read_counter(g, now)
         if value is None:
-            return self._integrated(g, pieces), Method.INTEGRATED, failed
-        if before is None:
+            return self._integrated(g, pieces), Method.INTEGRATED, g.counter_why or failed
+        if before is None or before_t is None:
             return self._integrated(g, pieces), Method.INTEGRATED, "energy counter re-read"
-        if value < before:
-            self._warn(
-                g.gpu.device.uid,
-                "counter-reset",
-                "energy counter went back (%d -> %d mJ): driver reload or reset",
-                before,
-                value,
-            )
-            note = f"energy counter went back ({before} -> {value} mJ): integrated power"
-            return self._integrated(g, pieces), Method.INTEGRATED, note
+        refused = self._implausible(g, pieces, before, before_t, value, now)
+        if refused:
+            return self._integrated(g, pieces), Method.INTEGRATED, refused
         total = (value - before) / 1000.0
         if len(pieces) == 1:
             return [total], Method.MEASURED, ""
@@ -361,6 +426,97 @@ class NvmlMeter:
             return list(parts), Method.MEASURED, "energy counter split over ticks by power"
         parts = split_exactly(total, [p.t1 - p.t0 for p in pieces])
         return list(parts), Method.MEASURED, "energy counter split over ticks by time"
+
+    def _implausible(
+        self,
+        g: GpuState,
+        pieces: Sequence[Piece],
+        before: int,
+        before_t: float,
+        value: int,
+        now: float,
+    ) -> str:
+        """Why the counter's delta since ``before`` cannot be this interval's energy, or ""."""
+        uid = g.gpu.device.uid
+        dt = max(now - before_t, 0.0)
+        delta_mj = value - before
+        if delta_mj < 0:
+            g.counter_frozen = False
+            self._warn(
+                uid,
+                "counter-reset",
+                "energy counter went back (%d -> %d mJ): driver reload or reset",
+                before,
+                value,
+            )
+            return f"energy counter went back ({before} -> {value} mJ): integrated power"
+        delta_j = delta_mj / 1000.0
+        if delta_j > g.ceiling_w * (dt + COUNTER_QUANTUM_S):
+            g.counter_frozen = False
+            implied = delta_j / dt if dt > 0 else float("inf")
+            self._warn(
+                uid,
+                "counter-jump",
+                "energy counter jumped %d mJ in %.2f s (%.3g W, above the plausible %.0f W): "
+                "integrating power for such intervals",
+                delta_mj,
+                dt,
+                implied,
+                g.ceiling_w,
+            )
+            return (
+                f"energy counter jumped {delta_mj} mJ in {dt:.2f} s ({implied:.3g} W, "
+                f"above the plausible {g.ceiling_w:.0f} W): integrated power"
+            )
+        shape = self._integrated(g, pieces)
+        power_j = None if any(s is None for s in shape) else sum(s or 0.0 for s in shape)
+        if power_j is None:
+            g.counter_frozen = False
+            return ""  # no power to check the counter against: it stands
+        if delta_mj == 0 and dt >= FROZEN_MIN_DT_S and power_j > FROZEN_MIN_W * dt:
+            g.counter_frozen = True
+            self._warn(
+                uid,
+                "counter-frozen",
+                "energy counter did not move in %.2f s while power says %.0f W: "
+                "integrating power until it moves",
+                dt,
+                power_j / dt,
+            )
+            return (
+                f"energy counter did not move in {dt:.2f} s while power averaged "
+                f"{power_j / dt:.0f} W: integrated power"
+            )
+        if g.counter_frozen:
+            # After a freeze the counter must show it is sane again: its delta
+            # agrees with power (it may have caught up on what it held back, or
+            # moved for only part of the interval).
+            peak = max((w for _t, w in self._power_between(g, before_t, now)), default=0.0)
+            slack = COUNTER_STEP_S * peak
+            if (
+                power_j / AFTER_FREEZE_RATIO - slack
+                <= delta_j
+                <= (power_j * AFTER_FREEZE_RATIO + slack)
+            ):
+                g.counter_frozen = False
+                return ""
+            self._warn(
+                uid,
+                "counter-after-freeze",
+                "energy counter out of step with power after a freeze (%.1f J where power "
+                "says %.1f J): integrating power until they agree",
+                delta_j,
+                power_j,
+            )
+            return (
+                f"energy counter out of step with power after a freeze ({delta_j:.1f} J where "
+                f"power says {power_j:.1f} J): integrated power"
+            )
+        return ""
+
+    def _power_between(self, g: GpuState, t0: float, t1: float) -> list[tuple[float, float]]:
+        with self._lock:
+            return [(t, w) for t, w in g.power if t0 <= t <= t1]
 
     def _integrated(self, g: GpuState, pieces: Sequence[Piece]) -> list[float | None]:
         with self._lock:

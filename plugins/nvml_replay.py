@@ -172,15 +172,19 @@ class NvmlStandIn:
     def from_trace(
         cls, trace_dir: Path, mig: Mapping[int, Sequence[MigInstance]] | None = None
     ) -> NvmlStandIn:
-        gpus = [
-            ReplayGpu(
-                read_identity(trace_dir, i),
-                read_device_csv(trace_dir / device_csv_name(i)),
-                read_processes(trace_dir / processes_name(i)),
-                (mig or {}).get(i, ()),
+        gpus = []
+        for i in device_indices(trace_dir):
+            trace = read_device_csv(trace_dir / device_csv_name(i))
+            if not trace.t:  # nothing readable (a partial replay goes on without it)
+                continue
+            gpus.append(
+                ReplayGpu(
+                    read_identity(trace_dir, i),
+                    trace,
+                    read_processes(trace_dir / processes_name(i)),
+                    (mig or {}).get(i, ()),
+                )
             )
-            for i in device_indices(trace_dir)
-        ]
         return cls(gpus)
 
     def __getattr__(self, name: str) -> Any:

@@ -16,19 +16,43 @@ record`` and the hand-made fixtures replay through the same code:
   (uuid, name, memory, power limit). The fixtures have no such file; the
   resnet-encoder one has ``nvml_api.json`` (device 0 only, values as Python
   reprs), read as a fallback. A trace with neither replays as an unnamed GPU.
+
+Every file is read through infermeter.trace_check: a line that does not
+parse, a value that is not a finite number in its range (utilisation 0-100,
+no negative counter, power or memory), a row with a cell missing, a time
+going backwards, is a TraceProblem naming the file and line, and the rest of
+the file is read. ``check_files`` lists a trace's problems for the replay to
+refuse it on; the ``read_*`` functions return the readable rows, which is
+what ``--partial`` replays. A big jump in the energy counter is not refused
+here: that is for the meter's cross-check, which replays it as a live
+driver's glitch.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infermeter.records import Framework, Target
+from infermeter.trace_check import (
+    MAX_GAP_S,
+    BadValue,
+    LineReader,
+    TraceProblem,
+    json_value,
+    key_line,
+    load_document,
+    mapping,
+    number,
+    sequence,
+    show,
+    text,
+    whole,
+)
 
 DEVICE_COLUMNS = (
     "t",
@@ -63,8 +87,9 @@ def device_indices(trace_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _int_or_none(cell: str) -> int | None:
-    return int(float(cell)) if cell else None
+def _cell(cell: str, name: str, high: float | None = None) -> int | None:
+    """An optional whole, non-negative cell: empty is a value that was not read."""
+    return None if cell == "" else whole(cell, name, 0, high)
 
 
 @dataclass(slots=True)
@@ -81,27 +106,54 @@ class DeviceTrace:
     sm_mhz: list[int | None] = field(default_factory=list)
 
 
-def read_device_csv(path: Path) -> DeviceTrace:
+def _device_header(line: str) -> None:
+    header = tuple(next(csv.reader([line])))
+    if header != DEVICE_COLUMNS:
+        missing = [c for c in DEVICE_COLUMNS if c not in header]
+        detail = f"missing column {', '.join(missing)}" if missing else f"found {show(line)}"
+        raise BadValue(f"header must be {','.join(DEVICE_COLUMNS)} ({detail})")
+
+
+Row = tuple[float, int | None, int | None, int | None, int | None, int | None, int | None]
+
+
+def _device_row(_number: int, line: str) -> tuple[float, Row]:
+    cells = next(csv.reader([line]))
+    if len(cells) != len(DEVICE_COLUMNS):
+        raise BadValue(f"expected {len(DEVICE_COLUMNS)} cells, found {len(cells)}")
+    t = number(cells[0], "t", low=0)
+    return t, (
+        t,
+        _cell(cells[1], "energy_mj"),
+        _cell(cells[2], "power_mw"),
+        _cell(cells[3], "power_instant_mw"),
+        _cell(cells[4], "util_gpu", 100),
+        _cell(cells[5], "util_mem", 100),
+        _cell(cells[6], "sm_mhz"),
+    )
+
+
+def load_device_csv(path: Path) -> tuple[DeviceTrace, list[TraceProblem]]:
+    """The readable rows of a device file, and what could not be read."""
     trace = DeviceTrace()
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != DEVICE_COLUMNS:
-            raise ValueError(f"{path}: header must be {','.join(DEVICE_COLUMNS)}")
-        for row in reader:
-            if not row:
-                continue
-            t = float(row[0])
-            trace.t.append(t)
-            if row[1]:
-                trace.energy_t.append(t)
-                trace.energy_mj.append(int(float(row[1])))
-            trace.power_mw.append(_int_or_none(row[2]))
-            trace.power_instant_mw.append(_int_or_none(row[3]))
-            trace.util_gpu.append(_int_or_none(row[4]))
-            trace.util_mem.append(_int_or_none(row[5]))
-            trace.sm_mhz.append(_int_or_none(row[6]))
-    return trace
+    reader = LineReader(path)
+    for t, energy, power, instant, util, mem, sm in reader.rows(
+        _device_row, _device_header, MAX_GAP_S
+    ):
+        trace.t.append(t)
+        if energy is not None:
+            trace.energy_t.append(t)
+            trace.energy_mj.append(energy)
+        trace.power_mw.append(power)
+        trace.power_instant_mw.append(instant)
+        trace.util_gpu.append(util)
+        trace.util_mem.append(mem)
+        trace.sm_mhz.append(sm)
+    return trace, reader.problems
+
+
+def read_device_csv(path: Path) -> DeviceTrace:
+    return load_device_csv(path)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,25 +164,47 @@ class ProcessRow:
     error: str | None = None  # e.g. "NVMLError_NotFound: Not Found"
 
 
-def read_processes(path: Path) -> list[ProcessRow]:
-    rows: list[ProcessRow] = []
+def _sample(value: Any, name: str) -> Sample:
+    s = sequence(value, name, 6)
+    return (
+        whole(s[0], f"{name} pid"),
+        whole(s[1], f"{name} smUtil", 0, 100),
+        whole(s[2], f"{name} memUtil", 0, 100),
+        whole(s[3], f"{name} encUtil", 0, 100),
+        whole(s[4], f"{name} decUtil", 0, 100),
+        whole(s[5], f"{name} timestamp"),
+    )
+
+
+def _proc(value: Any, name: str) -> tuple[int, int | None]:
+    p = sequence(value, name, 2)
+    return whole(p[0], f"{name} pid"), None if p[1] is None else whole(p[1], f"{name} memory")
+
+
+def _process_row(_number: int, line: str) -> tuple[float, ProcessRow]:
+    d = mapping(json_value(line), "line")
+    t = number(d["t"], "t", low=0)
+    samples = tuple(
+        _sample(s, f"samples[{i}]") for i, s in enumerate(sequence(d.get("samples", []), "samples"))
+    )
+    procs = tuple(
+        _proc(p, f"procs[{i}]") for i, p in enumerate(sequence(d.get("procs", []), "procs"))
+    )
+    error = d.get("error")
+    return t, ProcessRow(t, samples, procs, None if error is None else text(error, "error"))
+
+
+def load_processes(path: Path) -> tuple[list[ProcessRow], list[TraceProblem]]:
+    """The readable rows of a processes file (none when there is no file), and its problems."""
     if not path.is_file():
-        return rows
-    with path.open() as f:
-        for line in f:
-            if not line.strip():
-                continue
-            d = json.loads(line)
-            samples = tuple(
-                (int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4]), int(s[5]))
-                for s in d.get("samples", ())
-            )
-            procs = tuple(
-                (int(p[0]), None if p[1] is None else int(p[1])) for p in d.get("procs", ())
-            )
-            rows.append(ProcessRow(float(d["t"]), samples, procs, d.get("error")))
-    rows.sort(key=lambda r: r.t)
-    return rows
+        return [], []
+    reader = LineReader(path)
+    rows = reader.rows(_process_row, max_gap_s=MAX_GAP_S)
+    return rows, reader.problems
+
+
+def read_processes(path: Path) -> list[ProcessRow]:
+    return load_processes(path)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +217,99 @@ class Identity:
     power_limit_mw: int | None = None
 
 
+def _optional_whole(d: dict[str, Any], key: str) -> int | None:
+    return None if d.get(key) is None else whole(d[key], key)
+
+
+def _optional_text(d: dict[str, Any], key: str) -> str | None:
+    return None if d.get(key) is None else text(d[key], key, empty=True)
+
+
+def load_devices(trace_dir: Path) -> tuple[dict[int, Identity], list[TraceProblem]]:
+    """nvml_devices.json by GPU index (empty when absent), and its problems.
+
+    An entry that does not check out makes the file unusable: the GPUs of a
+    partial replay are then named from nvml_api.json or the folder.
+    """
+    path = trace_dir / DEVICES_JSON
+    if not path.is_file():
+        return {}, []
+    data, problems = load_document(path)
+    if problems:
+        return {}, problems
+    found: dict[int, Identity] = {}
+    try:
+        for i, entry in enumerate(sequence(data, "nvml_devices.json")):
+            d = mapping(entry, f"entry {i}")
+            key = ""
+            try:
+                key = "index"
+                index = whole(d.get("index"), "index")
+                key = "uuid"
+                uuid = _optional_text(d, "uuid")
+                key = "name"
+                name = _optional_text(d, "name")
+                key = "memory_total_bytes"
+                memory = _optional_whole(d, "memory_total_bytes")
+                key = "power_limit_mw"
+                limit = _optional_whole(d, "power_limit_mw")
+            except BadValue as e:
+                line = key_line(path, key, i)
+                return {}, [TraceProblem(path, line, f"entry {i}: {e}", whole_file=True)]
+            fallback = Identity(uuid=f"replay-{trace_dir.name}-gpu{index}", name="")
+            found[index] = Identity(
+                uuid=uuid or fallback.uuid,
+                name=name or "unknown GPU (replay)",
+                memory_total_bytes=memory,
+                power_limit_mw=limit,
+            )
+    except BadValue as e:
+        return {}, [TraceProblem(path, 1, str(e), whole_file=True)]
+    return found, []
+
+
+# nvml_api.json calls read for a GPU's identity, and the Python type of each value.
+_API_VALUES: dict[str, tuple[type, ...]] = {
+    "nvmlDeviceGetUUID": (str,),
+    "nvmlDeviceGetName": (str,),
+    "nvmlDeviceGetMemoryInfo": (tuple, list),
+    "nvmlDeviceGetPowerManagementLimit": (int,),
+}
+
+
+def load_api(trace_dir: Path) -> tuple[dict[str, Any], list[TraceProblem]]:
+    """The identity values nvml_api.json recorded (Python reprs), and its problems."""
+    path = trace_dir / API_JSON
+    if not path.is_file():
+        return {}, []
+    data, problems = load_document(path)
+    if problems:
+        return {}, problems
+    try:
+        calls = mapping(mapping(data, "nvml_api.json").get("api", {}), "api")
+    except BadValue as e:
+        return {}, [TraceProblem(path, key_line(path, "api"), str(e), whole_file=True)]
+    values: dict[str, Any] = {}
+    for name, kinds in _API_VALUES.items():
+        call = calls.get(name) or {}
+        if not isinstance(call, dict) or not call.get("ok") or "value" not in call:
+            continue
+        try:
+            value = ast.literal_eval(str(call["value"]))
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(type(value).__name__)
+            if isinstance(value, (tuple, list)):
+                for v in value:
+                    whole(v, name)
+            elif isinstance(value, int):
+                whole(value, name)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+            what = f"{name}: value {show(call['value'])} is not a {kinds[0].__name__} ({e})"
+            return {}, [TraceProblem(path, key_line(path, name), what, whole_file=True)]
+        values[name] = value
+    return values, []
+
+
 def read_identity(trace_dir: Path, index: int) -> Identity:
     """The GPU's identity from nvml_devices.json, else nvml_api.json, else a stand-in name.
 
@@ -150,33 +317,31 @@ def read_identity(trace_dir: Path, index: int) -> Identity:
     replays of one folder agree and never collide with a real GPU's uuid.
     """
     fallback = Identity(uuid=f"replay-{trace_dir.name}-gpu{index}", name="unknown GPU (replay)")
-    devices = trace_dir / DEVICES_JSON
-    if devices.is_file():
-        for d in json.loads(devices.read_text()):
-            if int(d.get("index", -1)) == index:
-                return Identity(
-                    uuid=str(d.get("uuid") or fallback.uuid),
-                    name=str(d.get("name") or fallback.name),
-                    memory_total_bytes=d.get("memory_total_bytes"),
-                    power_limit_mw=d.get("power_limit_mw"),
-                )
-    api = trace_dir / API_JSON
-    if index == 0 and api.is_file():
-        calls: dict[str, Any] = json.loads(api.read_text()).get("api", {})
-
-        def value(name: str) -> Any:
-            call = calls.get(name) or {}
-            return ast.literal_eval(call["value"]) if call.get("ok") and "value" in call else None
-
-        memory = value("nvmlDeviceGetMemoryInfo")  # recorded as (used, total)
-        limit = value("nvmlDeviceGetPowerManagementLimit")
+    devices, _ = load_devices(trace_dir)
+    if index in devices:
+        return devices[index]
+    if index == 0 and (trace_dir / API_JSON).is_file():
+        values, _ = load_api(trace_dir)
+        memory = values.get("nvmlDeviceGetMemoryInfo")  # recorded as (used, total)
+        limit = values.get("nvmlDeviceGetPowerManagementLimit")
         return Identity(
-            uuid=str(value("nvmlDeviceGetUUID") or fallback.uuid),
-            name=str(value("nvmlDeviceGetName") or fallback.name),
+            uuid=str(values.get("nvmlDeviceGetUUID") or fallback.uuid),
+            name=str(values.get("nvmlDeviceGetName") or fallback.name),
             memory_total_bytes=int(max(memory)) if memory else None,
             power_limit_mw=int(limit) if limit is not None else None,
         )
     return fallback
+
+
+def check_files(trace_dir: Path) -> list[TraceProblem]:
+    """Every problem in the NVML files of a trace (none: it can be replayed whole)."""
+    problems: list[TraceProblem] = []
+    for index in device_indices(trace_dir):
+        problems += load_device_csv(trace_dir / device_csv_name(index))[1]
+        problems += load_processes(trace_dir / processes_name(index))[1]
+    problems += load_devices(trace_dir)[1]
+    problems += load_api(trace_dir)[1]
+    return problems
 
 
 def trace_window(trace_dir: Path) -> tuple[float, float] | None:
@@ -194,13 +359,21 @@ def trace_window(trace_dir: Path) -> tuple[float, float] | None:
 
 
 def _json_lines_header(path: Path) -> dict[str, Any] | None:
-    with path.open() as f:
-        first = f.readline()
+    """The first line of a spans file as an object, or None (the core checks those files)."""
     try:
-        header = json.loads(first)
-    except json.JSONDecodeError:
+        with path.open(encoding="utf-8") as f:
+            header = json_value(f.readline())
+    except (OSError, ValueError):
         return None
     return header if isinstance(header, dict) else None
+
+
+def _document(path: Path) -> Any:
+    """A JSON document the core checks (meta.json, workload.json), or None when unreadable."""
+    if not path.is_file():
+        return None
+    data, problems = load_document(path)
+    return None if problems else data
 
 
 def replay_targets(trace_dir: Path) -> list[Target]:
@@ -213,9 +386,9 @@ def replay_targets(trace_dir: Path) -> list[Target]:
     from workload.json's phases: a pid that ran one model gets it as label, a
     pid that ran several gets none (its spans say which).
     """
-    meta_path = trace_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    host = str(meta.get("host") or trace_dir.name)
+    meta = _document(trace_dir / "meta.json")
+    host = meta.get("host") if isinstance(meta, dict) else None
+    host = host if isinstance(host, str) and host else trace_dir.name
     first_seen: dict[int, float] = {}
     for index in device_indices(trace_dir):
         for row in read_processes(trace_dir / processes_name(index)):
@@ -224,14 +397,13 @@ def replay_targets(trace_dir: Path) -> list[Target]:
     headers: dict[int, dict[str, Any]] = {}
     for path in sorted(trace_dir.glob("spans_*.jsonl")):
         header = _json_lines_header(path)
-        if header is not None and "pid" in header:
-            headers[int(header["pid"])] = header
+        if header is not None and isinstance(header.get("pid"), int):
+            headers[header["pid"]] = header
     models: dict[int, set[str]] = {}
-    workload = trace_dir / "workload.json"
-    if workload.is_file():
-        for phase in json.loads(workload.read_text()):
-            if phase.get("pid") is not None and phase.get("model"):
-                models.setdefault(int(phase["pid"]), set()).add(str(phase["model"]))
+    phases = _document(trace_dir / "workload.json")
+    for phase in phases if isinstance(phases, list) else ():
+        if isinstance(phase, dict) and isinstance(phase.get("pid"), int) and phase.get("model"):
+            models.setdefault(phase["pid"], set()).add(str(phase["model"]))
     targets = []
     for pid, t in sorted(first_seen.items()):
         header = headers.get(pid, {})

@@ -387,6 +387,8 @@ def test_recorder_writes_the_fixture_format_and_replays(
     assert all(str(os.getpid()) not in r["procs"] for r in rows)
     info = json.loads((tmp_path / "cpu_info.json").read_text())
     assert info == {"model_name": cpu_model_name(), "ncpu": os.cpu_count()}
+    # what the recorder writes, the replay's check reads whole
+    assert cpu_estimate.infermeter_replay_check(tmp_path) == []
 
     [meter] = cpu_estimate.infermeter_replay_meters(tmp_path, cfg)
     targets = {t.pid: t for t in cpu_estimate.infermeter_replay_targets(tmp_path, cfg)}

@@ -161,6 +161,8 @@ def test_recorder_writes_the_fixture_format(tmp_path: Path) -> None:
     assert all(list(x) in (["t", "samples", "procs"], ["t", "error", "procs"]) for x in lines)
     assert any(x.get("samples") for x in lines) and 36 <= len(lines) <= 44  # 5 Hz over 8 s
     assert all(x["procs"] == [[439, x["procs"][0][1]]] for x in lines)
+    # what the recorder writes, the replay's check reads whole
+    assert plugin.infermeter_replay_check(tmp_path) == []
 
 
 def test_recorded_trace_replays_like_the_original(tmp_path: Path) -> None:

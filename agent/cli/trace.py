@@ -11,9 +11,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from infermeter.cli import App, cli, pass_app
 from infermeter.daemon import open_store
 from infermeter.record import record as record_trace
+from infermeter.replay import check_trace, trace_host
 from infermeter.replay import replay as replay_trace
-from infermeter.replay import trace_host
 from infermeter.store.writer import Store
+from infermeter.trace_check import TraceError, first
 
 
 @cli.command()
@@ -40,12 +41,26 @@ def record(app: App, out_dir: Path, seconds: float) -> None:
 @cli.command()
 @click.argument("trace_dir", type=click.Path(path_type=Path))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Replay a damaged trace's readable rows; each unreadable line is kept as a gap "
+    "(quarantine table, source 'trace') and listed. Without it such a trace is refused.",
+)
 @pass_app
-def replay(app: App, trace_dir: Path, no_progress: bool) -> None:
-    """Run the whole agent over a recorded trace into the store."""
+def replay(app: App, trace_dir: Path, no_progress: bool, partial: bool) -> None:
+    """Run the whole agent over a recorded trace into the store.
+
+    The trace is checked whole before the store is opened: a line that cannot
+    be read refuses it with one line naming the file and line (exit 2).
+    """
     app.setup_logging()
     if not trace_dir.is_dir():
         raise click.BadParameter(f"{trace_dir} is not a folder", param_hint="TRACE_DIR")
+    problems = check_trace(trace_dir, app.pm)
+    refused = first(problems)
+    if refused is not None and not partial:
+        raise TraceError(refused)
     store, lock = open_store(app.config, lock=True)
     store = Store(store.engine, trace_host(trace_dir))
     console = Console(stderr=True)
@@ -65,13 +80,18 @@ def replay(app: App, trace_dir: Path, no_progress: bool) -> None:
                 app.pm,
                 store,
                 progress=lambda f: bar.update(task, completed=f),
+                partial=partial,
+                problems=problems,
             )
     finally:
         store.close()
         if lock is not None:
             lock.release()
+    for gap in result.gaps:
+        click.echo(f"gap: {gap}; missing {gap.missing}")
+    gaps = f", {len(result.gaps)} gap(s) left out (--partial)" if result.gaps else ""
     click.echo(
         f"replayed {result.t_end - result.t_start:.1f} s of {trace_dir} as host {result.host}: "
         f"{result.ticks} ticks, {result.shares_written} shares, meters {', '.join(result.meters)}, "
-        f"{len(result.targets)} targets"
+        f"{len(result.targets)} targets{gaps}"
     )
