@@ -41,6 +41,7 @@ from infermeter.plugin_manager import make_plugin_manager
 from infermeter.pricing import card_or_none
 from infermeter.private_files import private_dir
 from infermeter.replay import replay, trace_host
+from infermeter.safe_text import printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.models import DeviceWindow
@@ -190,7 +191,8 @@ def _recommend(engine: Any) -> int:
         try:
             count += len(recommend.run(engine, host, config, pm, card_or_none(config)))
         except Exception as e:  # the demo goes on to the report
-            print(f"infermeter demo: recommenders failed on {host}: {e}", file=sys.stderr)
+            why = printable(f"recommenders failed on {host}: {e}")
+            print(f"infermeter demo: {why}", file=sys.stderr)
     return count
 
 

@@ -32,7 +32,6 @@ Mapping decisions (contrib/sql/README.md has the table):
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import math
@@ -47,6 +46,7 @@ from typing import IO, Any
 
 from sqlalchemy import Engine, and_, case, func, select
 
+from infermeter.csv_out import RowWriter
 from infermeter.errors import InfermeterError
 from infermeter.store.models import ModelRow, PriceCardRow, RequestRow, UsageHourly
 from infermeter.store.request_sql import hour_sql
@@ -521,7 +521,7 @@ def csv_value(column: Column, value: Any) -> str:
 
 
 def write_csv(export: FocusExport, out: IO[str]) -> None:
-    writer = csv.writer(out, lineterminator="\n")
+    writer = RowWriter(out)  # quotes a "\r" in a label too: every reader gets it back
     writer.writerow([c.name for c in EXPORT_COLUMNS])
     for row in export.rows:
         writer.writerow([csv_value(c, row[c.name]) for c in EXPORT_COLUMNS])

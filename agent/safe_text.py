@@ -17,8 +17,13 @@ from rich.markup import escape
 from rich.text import Text
 
 # C0 and C1 controls, DEL, and the Unicode format and separator controls that
-# reorder or hide text (bidi overrides, zero-width joiners, line separators).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# reorder or hide text (bidi overrides and marks, the Arabic letter mark among
+# them, zero-width joiners, soft hyphens, line separators, interlinear
+# annotations, tag characters).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\x1b": "\\e"}
 
@@ -28,7 +33,9 @@ def _visible(m: re.Match[str]) -> str:
     if ch in _NAMED:
         return _NAMED[ch]
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(value: object) -> str:

@@ -45,12 +45,12 @@ class App:
         return config
 
     def setup_logging(self) -> None:
+        from infermeter.safe_log import PrintableFormatter  # logs quote untrusted text
+
         level = getattr(logging, str(self.config["agent.log_level"]).upper())
-        logging.basicConfig(
-            level=level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
         logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
         logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
@@ -91,7 +91,9 @@ class InfermeterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InfermeterError as e:
-            click.echo(f"infermeter: error: {e}", err=True)
+            from infermeter.safe_text import printable  # a message may quote a stored label
+
+            click.echo(f"infermeter: error: {printable(e)}", err=True)
             ctx.exit(2)
 
 

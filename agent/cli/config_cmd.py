@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.safe_text import label
 from infermeter.store.engine import redact
 
 
@@ -33,10 +34,11 @@ def show(app: App, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
         return
+    # Values are text, never markup: a value "[bold]x" is shown as written.
     console = Console()
-    console.print(f"config file: {cfg.path or 'none (defaults)'}")
-    console.print(f"store: {redact(cfg.store_url)}", highlight=False)
+    console.print(label(f"config file: {cfg.path or 'none (defaults)'}"))
+    console.print(label(f"store: {redact(cfg.store_url)}"), highlight=False)
     table = Table("key", "value", "source", box=None, pad_edge=False)
     for key in sorted(cfg.values):
-        table.add_row(key, json.dumps(cfg.values[key]), cfg.sources[key])
+        table.add_row(*map(label, (key, json.dumps(cfg.values[key]), cfg.sources[key])))
     console.print(table)

@@ -18,6 +18,7 @@ from infermeter.cli import cli
 from infermeter.cli.report import cost_table, render
 from infermeter.demo import run_demo
 from infermeter.report import build_report
+from infermeter.safe_text import label, printable
 from infermeter.store.engine import open_engine
 
 
@@ -58,7 +59,7 @@ def demo(seconds: float, keep_dir: Path | None) -> None:
             def status(message: str) -> None:
                 bar.update(task, description=message)
                 if not err.is_terminal:
-                    err.print(f"infermeter demo: {message}", highlight=False)
+                    err.print(label(f"infermeter demo: {message}"), highlight=False)
 
             result = run_demo(folder, seconds, status, lambda f: bar.update(task, completed=f))
         engine = open_engine(result.store_url)
@@ -72,8 +73,10 @@ def demo(seconds: float, keep_dir: Path | None) -> None:
     out = Console()
     sent = ", ".join(f"{n} from {t}" for t, n in result.requests.items())
     out.print(
-        f"Served demo-mlp with {result.runtime} on this machine's CPU ({sent}); "
-        f"replayed an H100 serving three models as host {result.h100_host}.",
+        label(
+            f"Served demo-mlp with {result.runtime} on this machine's CPU ({sent}); "
+            f"replayed an H100 serving three models as host {result.h100_host}."
+        ),
         highlight=False,
     )
     out.print()
@@ -82,8 +85,12 @@ def demo(seconds: float, keep_dir: Path | None) -> None:
     out.print(cost_table(by_tenant))  # who to charge
     if keep_dir is not None:
         out.print(
-            f"\nThe store is kept: infermeter --db {result.store_url} report "
-            f"--from {int(result.t_from)} --to {int(result.t_to) + 1}",
+            "\nThe store is kept: "
+            + printable(
+                f"infermeter --db {result.store_url} report "
+                f"--from {int(result.t_from)} --to {int(result.t_to) + 1}"
+            ),
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from infermeter import focus
 from infermeter.cli import App, cli, pass_app
 from infermeter.errors import InfermeterError, StoreError
+from infermeter.safe_text import printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact, sqlite_path
 
@@ -102,8 +103,9 @@ def focus_cmd(
     unpriced = sum(int(r["x_UnpricedRows"]) for r in data.rows)
     where = f" to {out}" if out is not None else ""
     click.echo(
-        f"exported {t.rows} FOCUS {focus.FOCUS_VERSION} rows for {month}{where}: "
-        f"BilledCost {billed:.6f} {data.currency}, {t.energy_j / focus.J_PER_KWH:.6f} kWh"
+        f"exported {t.rows} FOCUS {focus.FOCUS_VERSION} rows for {month}{printable(where)}: "
+        f"BilledCost {billed:.6f} {printable(data.currency)}, "
+        f"{t.energy_j / focus.J_PER_KWH:.6f} kWh"
         + (f", {unpriced} hourly rows without a price" if unpriced else ""),
         err=out is None,
     )

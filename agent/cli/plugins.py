@@ -8,8 +8,10 @@ from dataclasses import asdict
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.safe_text import label, printable
 
 
 @cli.command()
@@ -26,10 +28,12 @@ def plugins(app: App, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
         return
+    # Third-party packages name themselves and word their errors: text, never markup.
     table = Table("name", "version", "distribution", "hooks", box=None, pad_edge=False)
     for i in infos:
-        table.add_row(i.name, i.version or "-", i.distribution or "-", "\n".join(i.hooks))
+        hooks = Text("\n".join(printable(h) for h in i.hooks))  # one hook a line
+        table.add_row(*map(label, (i.name, i.version or "-", i.distribution or "-")), hooks)
     console = Console()
     console.print(table)
     for f in app.pm.failures:
-        console.print(f"[red]failed[/red] {f.name}: {f.error}")
+        console.print(Text.assemble(("failed", "red"), printable(f" {f.name}: {f.error}")))

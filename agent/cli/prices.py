@@ -17,10 +17,12 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from infermeter.cli import App, cli, pass_app
 from infermeter.config import Config
 from infermeter.pricing import PriceCard, TimeOfUse, card_or_none
+from infermeter.safe_text import label, printable
 
 PRICING_PLUGIN = "core.pricing"
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -145,10 +147,16 @@ def prices(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(card_json(card, config), indent=2))
         return
+    # The card's words (version, currency, device patterns, the file's path) are
+    # text, never markup: a pattern like "A100[a-z]*" is shown as written.
     console = Console()
     console.print(
-        f"price card [bold]{card.version}[/bold] ({card.currency}), digest {card.digest}\n"
-        f"config file: {config.path or 'none (built-in defaults)'}",
+        Text.assemble(
+            "price card ",
+            (printable(card.version), "bold"),
+            f" ({printable(card.currency)}), digest {card.digest}\n",
+            f"config file: {printable(config.path or 'none (built-in defaults)')}",
+        ),
         highlight=False,
         soft_wrap=True,  # a long path stays whole, to be copied
     )
@@ -156,7 +164,7 @@ def prices(app: App, as_json: bool) -> None:
     table.columns[1].overflow = "fold"
     in_file = f"file {config.path}"
     for what, value, source in card_rows(card, config):
-        table.add_row(what, value, "config file" if source == in_file else source)
+        table.add_row(*map(label, (what, value, "config file" if source == in_file else source)))
     console.print(table)
     console.print(
         "cost = kWh x PUE x electricity + rate x hours; carbon = kWh x PUE x intensity",

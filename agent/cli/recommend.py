@@ -29,6 +29,7 @@ from infermeter.cli import App, cli, pass_app
 from infermeter.daemon import open_store
 from infermeter.pricing import card_or_none
 from infermeter.recommend_store import StoredRecommendation, find, listing, set_status
+from infermeter.safe_text import label, printable
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -51,12 +52,14 @@ def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
 
     The subject goes in the table only on a wide console: on 80 columns it
     would squeeze every figure into a fold, so it heads the advice's lines.
+    Recommenders are plugins and subjects are stored labels: every cell is a
+    ``safe_text.label`` and every text a printable piece of a Text, never markup.
     """
     if not recs:
         console.print("no recommendations: nothing measured suggests a change (or too little data)")
         return
     wide = console.width >= 120
-    currency = str(recs[0].recommendation.evidence.get("currency", "USD"))
+    currency = printable(recs[0].recommendation.evidence.get("currency", "USD"))
     table = Table(
         title="Recommendations, ranked by saving per month",
         title_justify="left",
@@ -68,7 +71,7 @@ def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
     table.add_column("kind", no_wrap=True)
     if wide:
         table.add_column("subject", overflow="fold")
-    table.add_column(f"{currency}/month", justify="right", no_wrap=True)
+    table.add_column(label(f"{currency}/month"), justify="right", no_wrap=True)
     table.add_column("range", justify="right", no_wrap=True)
     table.add_column("kWh", justify="right", no_wrap=True)
     table.add_column("kgCO2e", justify="right", no_wrap=True)
@@ -87,15 +90,19 @@ def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
             f"{s.kgco2e:,.1f}",
             r.confidence,
         ]
-        table.add_row(*cells)
+        table.add_row(*map(label, cells))
     console.print(table)
     for stored in recs:
         r = stored.recommendation
-        # Plugins write these texts: print them as text, never as rich markup.
-        console.print(Text.assemble((stored.stable_id[:8], "bold"), f" {r.kind} on {r.subject}"))
-        console.print(f"  why: {r.confidence} confidence, {r.confidence_reason}", markup=False)
-        console.print(f"  how: {r.how_to_apply}", markup=False)
-    console.print(str(recs[0].recommendation.evidence.get("extrapolation", "")), style="dim")
+        console.print(
+            Text.assemble(
+                (printable(stored.stable_id[:8]), "bold"),
+                f" {printable(r.kind)} on {printable(r.subject)}",
+            )
+        )
+        console.print(label(f"  why: {r.confidence} confidence, {r.confidence_reason}"))
+        console.print(label(f"  how: {r.how_to_apply}"))
+    console.print(label(recs[0].recommendation.evidence.get("extrapolation", ""), style="dim"))
 
 
 @cli.command()
@@ -129,7 +136,7 @@ def recommend(
         if dismiss is not None:
             done = set_status(engine, dismiss, "dismissed")
             r = done.recommendation
-            click.echo(f"dismissed {done.stable_id} ({r.kind} on {r.subject})")
+            click.echo(printable(f"dismissed {done.stable_id} ({r.kind} on {r.subject})"))
             return
         config = app.config
         if window is not None:
@@ -145,6 +152,7 @@ def recommend(
     finally:
         store.close()
     if as_json:
+        # ensure_ascii (the default): control characters go out as \u escapes.
         click.echo(json.dumps([r.as_json() for r in recs], indent=2, default=str))
         return
     render(recs, Console(highlight=False))
@@ -173,8 +181,10 @@ def apply_cmd(app: App, ident: str, yes: bool) -> None:
             now_w = r.evidence.get("power_limit_w")
             if not yes:
                 click.echo(
-                    f"would set the power limit of GPU {uid} to {watts:g} W (now {now_w} W). "
-                    "Nothing was set: rerun with --yes to set it."
+                    printable(
+                        f"would set the power limit of GPU {uid} to {watts:g} W (now {now_w} W). "
+                        "Nothing was set: rerun with --yes to set it."
+                    )
                 )
                 return
             # The setter lives with the advice it acts on; only this path needs it.
@@ -182,13 +192,14 @@ def apply_cmd(app: App, ident: str, yes: bool) -> None:
 
             got = apply_power_cap(nvml_module(), uid, watts)
             set_status(engine, stored.stable_id, "applied")
-            click.echo(f"set the power limit of GPU {uid} to {got:g} W; {stored.stable_id} applied")
+            done_text = f"set the power limit of GPU {uid} to {got:g} W; {stored.stable_id} applied"
+            click.echo(printable(done_text))
             return
         if not yes:
-            click.echo(f"{r.kind} on {r.subject}: {r.how_to_apply}")
+            click.echo(printable(f"{r.kind} on {r.subject}: {r.how_to_apply}"))
             click.echo("This change is yours to make; rerun with --yes to mark it applied.")
             return
         set_status(engine, stored.stable_id, "applied")
-        click.echo(f"marked {stored.stable_id} applied ({r.kind} on {r.subject})")
+        click.echo(printable(f"marked {stored.stable_id} applied ({r.kind} on {r.subject})"))
     finally:
         store.close()

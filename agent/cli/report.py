@@ -9,7 +9,6 @@ never 0; a figure that leaves some energy unpriced carries a "*".
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -25,9 +24,11 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.csv_out import RowWriter
 from infermeter.errors import StoreError
 from infermeter.report import GROUPINGS, Amount, Report, build_report
 from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.safe_text import label, printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact
 
@@ -131,7 +132,7 @@ def money(a: Amount | None, currency: str | None, digits: int = 3) -> str:
         return "-"
     if a.value is None:
         return "unpriced"
-    code = currency or ""
+    code = printable(currency or "")  # a stored card's currency: never a control character
     symbol = _SYMBOL.get(code, f"{code} " if code and code != "mixed" else "")
     text = f"{symbol}{sig(a.value, digits)}"
     return text + "*" if a.unpriced_kwh > 0 else text
@@ -146,7 +147,9 @@ def share(x: float | None) -> str:
 
 
 def parts(fractions: Mapping[str, float]) -> str:
-    return ", ".join(f"{k} {share(v)}" for k, v in sorted(fractions.items(), key=lambda kv: -kv[1]))
+    """'sm-util 80%, equal 20%': the keys are the plugins' words, printable."""
+    ranked = sorted(fractions.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{printable(k)} {share(v)}" for k, v in ranked)
 
 
 def when(t: float) -> str:
@@ -162,6 +165,12 @@ def span(seconds: float) -> str:
 
 
 # ----- rendering ------------------------------------------------------------------
+#
+# Everything below prints stored text (labels, card versions, advice), which
+# the inference processes and plugins wrote: every table cell is a
+# ``safe_text.label`` (a Text, so never read as rich markup, with control
+# characters shown as escapes), and stored words inside a line of our own are
+# ``printable`` pieces of a Text.
 
 
 def render(report: Report) -> Group:
@@ -175,12 +184,12 @@ def render(report: Report) -> Group:
         if report.by not in ("device", "host")
         else "idle and keep-warm within each " + report.by
     )
-    cards = ", ".join(report.price_cards) or "none"
+    cards = ", ".join(printable(c) for c in report.price_cards) or "none"
     head = Text.assemble(
         ("infermeter report", "bold"),
         f" by {report.by}, {when(report.t_from)} to {when(report.t_to)} UTC "
         f"({span(report.t_to - report.t_from)})\n",
-        f"price card {cards}" + (f" ({cur})" if cur else "") + f"; {idle_mode}",
+        f"price card {cards}" + (f" ({printable(cur)})" if cur else "") + f"; {idle_mode}",
     )
     if report.empty:
         hint = "nothing stored yet"
@@ -191,25 +200,24 @@ def render(report: Report) -> Group:
     summary = Table.grid(padding=(0, 2))
     for _ in range(4):
         summary.add_column(no_wrap=True)
-    summary.add_row(
-        "Energy",
-        f"{sig(t.energy_kwh)} kWh",
-        "Cost",
-        f"{money(t.cost, cur, 4)}",
+    rows = (
+        ("Energy", f"{sig(t.energy_kwh)} kWh", "Cost", money(t.cost, cur, 4)),
+        (
+            "Carbon",
+            "unpriced" if t.carbon_g.value is None else f"{sig(t.carbon_g.value)} g CO2e",
+            "  energy + capacity",
+            f"{money(t.energy_cost, cur)} + {money(t.capacity_cost, cur)}",
+        ),
+        ("Requests", f"{req.requests:,}", "  of which idle", money(t.idle_cost, cur)),
+        (
+            "Utilisation",
+            share(report.utilisation),
+            "  of which keep-warm",
+            money(t.keepwarm_cost, cur),
+        ),
     )
-    summary.add_row(
-        "Carbon",
-        "unpriced" if t.carbon_g.value is None else f"{sig(t.carbon_g.value)} g CO2e",
-        "  energy + capacity",
-        f"{money(t.energy_cost, cur)} + {money(t.capacity_cost, cur)}",
-    )
-    summary.add_row("Requests", f"{req.requests:,}", "  of which idle", money(t.idle_cost, cur))
-    summary.add_row(
-        "Utilisation",
-        share(report.utilisation),
-        "  of which keep-warm",
-        money(t.keepwarm_cost, cur),
-    )
+    for row in rows:  # the card's currency is in the money: text, never markup
+        summary.add_row(*map(label, row))
     how = Text(
         f"Energy {parts(report.methods)}; split among processes by {parts(report.bases) or '-'}"
     )
@@ -234,7 +242,7 @@ def cost_table(report: Report) -> Table:
     for g in report.groups:
         c = g.costs
         part = c.cost.value / total if c.cost.value is not None and total else None
-        table.add_row(
+        cells = (
             g.label,
             sig(c.energy_kwh),
             money(c.cost, cur),
@@ -243,6 +251,7 @@ def cost_table(report: Report) -> Table:
             money(c.keepwarm_cost, cur) if c.keepwarm_cost.value else "-",
             "unpriced" if c.carbon_g.value is None else sig(c.carbon_g.value),
         )
+        table.add_row(*map(label, cells))
     return table
 
 
@@ -261,7 +270,7 @@ def _request_table(report: Report) -> Table:
         s = g.requests
         if s is None or (g.kind != "group" and not s.requests):
             continue
-        table.add_row(
+        cells = (
             g.label,
             f"{s.requests:,}",
             f"{s.items:,}",
@@ -271,6 +280,7 @@ def _request_table(report: Report) -> Table:
             _per_request(s.cost_p95, s.requests, s.unpriced, cur),
             share(g.utilisation),
         )
+        table.add_row(*map(label, cells))
     return table
 
 
@@ -303,7 +313,7 @@ def _method_table(report: Report) -> Table:
         ]
         if report.by == "device":
             row.append(share(g.utilisation))
-        table.add_row(*row)
+        table.add_row(*map(label, row))
     return table
 
 
@@ -316,11 +326,12 @@ def _recommendations(report: Report) -> RenderableType:
     grid.add_column(overflow="fold")
     for i, r in enumerate(report.recommendations, 1):
         what = Text(
-            f"{r.kind} {r.subject} ({r.subject_kind}): saves ${sig(r.savings_usd_month)}/month, "
+            f"{printable(r.kind)} {printable(r.subject)} ({printable(r.subject_kind)}): "
+            f"saves ${sig(r.savings_usd_month)}/month, "
             f"{sig(r.savings_kwh_month)} kWh, {sig(r.savings_kgco2e_month)} kg CO2e "
-            f"(confidence {r.confidence})"
+            f"(confidence {printable(r.confidence)})"
         )
-        what.append(f"\n{r.how_to_apply}", style="dim")
+        what.append(f"\n{printable(r.how_to_apply)}", style="dim")
         grid.add_row(f"{i}.", what)
     return Group(title, grid)
 
@@ -381,9 +392,11 @@ def report(
     finally:
         engine.dispose()
     if as_json:
+        # ensure_ascii (the default): a control character in a label goes out as
+        # a \u escape, never raw, and json.loads gives back the very string.
         click.echo(json.dumps(report_json(data), indent=2))
     elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer = RowWriter(sys.stdout)
         writer.writerow(CSV_COLUMNS)
         writer.writerows(csv_rows(data))
     else:

@@ -19,6 +19,7 @@ from infermeter.daemon import open_store
 from infermeter.errors import ConfigError, StoreError
 from infermeter.pricing import card_or_none
 from infermeter.reprice import RepriceResult, Sums, parse_time, reprice
+from infermeter.safe_text import printable
 from infermeter.store.engine import sqlite_path
 
 
@@ -69,7 +70,7 @@ def reprice_cmd(app: App, since: str, until: str | None, no_progress: bool) -> N
     finally:
         store.close()
     for line in summary(result, card.currency):
-        click.echo(line)
+        click.echo(printable(line))  # host names and card versions are stored text
 
 
 def _when(t: float | None) -> str:

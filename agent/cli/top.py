@@ -34,11 +34,15 @@ from infermeter.cli import App, cli, pass_app
 from infermeter.cli.report import money, share
 from infermeter.live import Snapshot, UseNow, open_readonly, snapshot
 from infermeter.report import Amount
+from infermeter.safe_text import label, printable
 from infermeter.store.engine import redact
 
 
 def render(snap: Snapshot, store: str, now: float) -> RenderableType:
+    """One frame. Device, target and model names are stored text: each cell is a
+    ``safe_text.label``, so none is read as markup or reaches the terminal raw."""
     cur = snap.currency
+    store = printable(store)
     if snap.as_of is None:
         return Text(f"infermeter top: {store} holds no device windows yet (is the agent running?)")
     lag = max(0.0, now - snap.as_of)
@@ -60,7 +64,8 @@ def render(snap: Snapshot, store: str, now: float) -> RenderableType:
         memory = "-"
         if d.memory_used_bytes is not None and d.memory_total_bytes:
             memory = f"{d.memory_used_bytes / 2**30:.1f}/{d.memory_total_bytes / 2**30:.0f} GiB"
-        devices.add_row(d.label, f"{d.power_w:.1f}", share(d.utilisation), memory, d.method)
+        cells = (d.label, f"{d.power_w:.1f}", share(d.utilisation), memory, d.method)
+        devices.add_row(*map(label, cells))
     return Group(
         head,
         totals,
@@ -93,13 +98,14 @@ def _uses(title: str, what: str, uses: tuple[UseNow, ...], cur: str | None) -> T
     for name in ("W now", "per hour", "today", "req/s"):
         table.add_column(name, justify="right", no_wrap=True)
     for u in uses:
-        table.add_row(
+        cells = (
             u.label,
             f"{u.power_w:.1f}",
             money(_amt(u.cost_per_hour), cur),
             money(_amt(u.cost_today), cur),
             f"{u.requests_per_s:.1f}" if u.requests_per_s else "-",
         )
+        table.add_row(*map(label, cells))
     return table
 
 

@@ -13,6 +13,7 @@ from infermeter.daemon import open_store
 from infermeter.record import record as record_trace
 from infermeter.replay import check_trace, trace_host
 from infermeter.replay import replay as replay_trace
+from infermeter.safe_text import printable
 from infermeter.store.writer import Store
 from infermeter.trace_check import TraceError, first
 
@@ -32,9 +33,11 @@ def record(app: App, out_dir: Path, seconds: float) -> None:
     app.setup_logging()
     result = record_trace(out_dir, seconds, app.config, app.pm)
     click.echo(
-        f"recorded {result.seconds:.1f} s into {result.out_dir}: "
-        f"recorders {', '.join(result.recorders) or 'none'}, {result.targets} targets, "
-        f"files {', '.join(result.files)}"
+        printable(
+            f"recorded {result.seconds:.1f} s into {result.out_dir}: "
+            f"recorders {', '.join(result.recorders) or 'none'}, {result.targets} targets, "
+            f"files {', '.join(result.files)}"
+        )
     )
 
 
@@ -88,10 +91,12 @@ def replay(app: App, trace_dir: Path, no_progress: bool, partial: bool) -> None:
         if lock is not None:
             lock.release()
     for gap in result.gaps:
-        click.echo(f"gap: {gap}; missing {gap.missing}")
+        click.echo(printable(f"gap: {gap}; missing {gap.missing}"))
     gaps = f", {len(result.gaps)} gap(s) left out (--partial)" if result.gaps else ""
     click.echo(
-        f"replayed {result.t_end - result.t_start:.1f} s of {trace_dir} as host {result.host}: "
-        f"{result.ticks} ticks, {result.shares_written} shares, meters {', '.join(result.meters)}, "
-        f"{len(result.targets)} targets{gaps}"
+        printable(  # the host name comes from the trace
+            f"replayed {result.t_end - result.t_start:.1f} s of {trace_dir} as host {result.host}: "
+            f"{result.ticks} ticks, {result.shares_written} shares, "
+            f"meters {', '.join(result.meters)}, {len(result.targets)} targets{gaps}"
+        )
     )
