@@ -1,20 +1,30 @@
-"""`infermeter sql`: read-only queries on a real SQLite file and the real PostgreSQL."""
+"""`infermeter sql`: read-only queries on a real SQLite file and the real PostgreSQL.
+
+On PostgreSQL, `sql` logs in as a reader role; each store here makes one with
+`infermeter db grant-reader` and names it in a config file, as a deployment
+does (tests/pg_reader.py: a role of its own per test, dropped afterwards).
+The attacks of issue 10 and the limits are in tests/test_sql_untrusted.py.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FIXTURES, infermeter_cmd
+from pg_reader import reader_role, sql_config
 from sqlalchemy import inspect, text
 
-from infermeter.chargeback import READ_ONLY_MESSAGE, VIEW_NAMES
-from infermeter.store.engine import open_engine
+from infermeter.chargeback import VIEW_NAMES
+from infermeter.store.engine import open_engine, sqlite_path
+from infermeter.store.readonly import ONE_STATEMENT_MESSAGE, READ_ONLY_MESSAGE
 
 SERVING = FIXTURES / "h100-serving"
 
@@ -25,11 +35,23 @@ def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def use_reader(env: dict[str, str], url: str, role: str, config: Path) -> None:
+    """Make ``role`` with grant-reader and let every later command of ``env`` use it."""
+    env["INFERMETER_CONFIG"] = str(sql_config(config, role))
+    r = im(env, "--db", url, "db", "grant-reader")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture
-def store(db_url: str, cli_env: dict[str, str]) -> str:
+def store(db_url: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     r = im(cli_env, "--db", db_url, "replay", "--no-progress", str(SERVING))
     assert r.returncode == 0, r.stderr
-    return db_url
+    if not db_url.startswith("postgresql"):
+        yield db_url
+        return
+    with reader_role(db_url) as role:
+        use_reader(cli_env, db_url, role, tmp_path / "reader.toml")
+        yield db_url
 
 
 def snapshot(url: str) -> tuple[Any, ...]:
@@ -118,19 +140,26 @@ def test_writes_are_refused_and_change_nothing(store: str, cli_env: dict[str, st
     for statement in SMUGGLED:
         r = im(cli_env, "--db", store, "sql", statement)
         assert r.returncode == 2, (statement, r.stdout, r.stderr)
-        assert one_line(r).startswith("infermeter: error: "), statement
+        line = one_line(r)
+        assert line.startswith("infermeter: error: "), statement
+        if store.startswith("postgresql"):  # SQLite may refuse the first statement first
+            assert line == f"infermeter: error: {ONE_STATEMENT_MESSAGE}", statement
     assert snapshot(store) == before
 
 
-def test_postgresql_data_modifying_cte_is_refused(pg_url: str, cli_env: dict[str, str]) -> None:
+def test_postgresql_data_modifying_cte_is_refused(
+    pg_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     r = im(cli_env, "--db", pg_url, "replay", "--no-progress", str(SERVING))
     assert r.returncode == 0, r.stderr
-    before = snapshot(pg_url)
-    q = "WITH gone AS (DELETE FROM requests RETURNING id) SELECT COUNT(*) FROM gone"
-    r = im(cli_env, "--db", pg_url, "sql", q)
-    assert r.returncode == 2
-    assert one_line(r) == f"infermeter: error: {READ_ONLY_MESSAGE}"
-    assert snapshot(pg_url) == before
+    with reader_role(pg_url) as role:
+        use_reader(cli_env, pg_url, role, tmp_path / "reader.toml")
+        before = snapshot(pg_url)
+        q = "WITH gone AS (DELETE FROM requests RETURNING id) SELECT COUNT(*) FROM gone"
+        r = im(cli_env, "--db", pg_url, "sql", q)
+        assert r.returncode == 2
+        assert one_line(r) == f"infermeter: error: {READ_ONLY_MESSAGE}"
+        assert snapshot(pg_url) == before
 
 
 def test_sqlite_attach_and_vacuum_into_write_no_file(
@@ -174,3 +203,33 @@ def test_csv_and_json_together_is_a_usage_error(store: str, cli_env: dict[str, s
     r = im(cli_env, "--db", store, "sql", "--csv", "--json", "SELECT 1")
     assert r.returncode == 2
     assert "choose one of --csv and --json" in r.stderr
+
+
+# A model name as an instrumented process could send it: a terminal escape that
+# clears the screen, a bidi override, and rich markup.
+HOSTILE = "\x1b[2Jevil\u202e[bold red]x[/bold red]"
+
+
+def test_table_shows_stored_labels_escaped_csv_and_json_keep_them(
+    sqlite_url: str, cli_env: dict[str, str]
+) -> None:
+    r = im(cli_env, "--db", sqlite_url, "replay", "--no-progress", str(SERVING))
+    assert r.returncode == 0, r.stderr
+    path = sqlite_path(sqlite_url)
+    assert path is not None
+    with sqlite3.connect(path) as conn:  # the label as the agent would have stored it
+        conn.execute("UPDATE models SET name = ? WHERE name = 'mlp'", (HOSTILE,))
+    conn.close()
+    q = "SELECT name AS \"[b]n\x1b[0m\" FROM models WHERE name LIKE '%evil%'"
+
+    table = im(cli_env, "--db", sqlite_url, "sql", q)
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout and "\u202e" not in table.stdout
+    header, cell = (line.rstrip() for line in table.stdout.splitlines()[:2])
+    assert header == "[b]n\\e[0m"  # the column name is a label too
+    assert cell == "\\e[2Jevil\\u202e[bold red]x[/bold red]"  # markup printed, not applied
+
+    as_csv = im(cli_env, "--db", sqlite_url, "sql", "--csv", q)
+    assert list(csv.reader(io.StringIO(as_csv.stdout))) == [["[b]n\x1b[0m"], [HOSTILE]]
+    as_json = im(cli_env, "--db", sqlite_url, "sql", "--json", q)
+    assert json.loads(as_json.stdout) == [{"[b]n\x1b[0m": HOSTILE}]

@@ -1,4 +1,4 @@
-"""``infermeter db``: the store's schema, through Alembic."""
+"""``infermeter db``: the store's schema, through Alembic, and its reader role."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import click
 from infermeter.cli import App, cli, pass_app
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact
+from infermeter.store.readonly import Limits
 
 
 @cli.group()
@@ -69,6 +70,31 @@ def history(app: App) -> None:
     for r in revisions:
         marks = " ".join(m for m, on in (("(head)", r.is_head), ("(current)", r.is_current)) if on)
         click.echo(f"{r.down_revision or '<base>'} -> {r.revision} {marks}".rstrip() + f", {r.doc}")
+
+
+@db.command("grant-reader")
+@click.option("--role", metavar="NAME", help="Role to create or update (default: sql.reader_role).")
+@pass_app
+def grant_reader(app: App, role: str | None) -> None:
+    """Create the PostgreSQL role `sql` logs in as: it may read the store, nothing else.
+
+    Run it with the store owner's URL, and again after an upgrade; it is
+    idempotent. The role logs in without a password of its own: give it one
+    (ALTER ROLE ... PASSWORD) for $PGPASSWORD or ~/.pgpass, or a pg_hba.conf rule.
+    """
+    from infermeter.safe_text import printable
+    from infermeter.store.reader_role import grant_reader as grant
+
+    limits = Limits.from_config(app.config, role=role)
+    g = grant(app.config.store_url, limits)
+    revoked = f"; revoked {printable(', '.join(g.revoked))}" if g.revoked else ""
+    click.echo(
+        f"{printable(g.role)} ({'created' if g.created else 'updated'}) may read "
+        f"{g.readable} tables and views of {printable(g.database)}.{printable(g.schema)} "
+        f"and nothing else; statement timeout {limits.timeout_s:g} s{revoked}"
+    )
+    if g.login_problem:
+        click.echo(f"infermeter: warning: {g.login_problem}", err=True)
 
 
 def _is_default(app: App) -> bool:
