@@ -21,26 +21,18 @@ should drop the views first and create them again afterwards
 (:func:`drop_views`, :func:`create_views`): SQLite refuses to rename a table
 while a view names a table that is missing.
 
-:func:`run_readonly` runs one statement of the user's on a store opened so
-that it cannot write: SQLite read-only (``mode=ro``, ``query_only`` and an
-authorizer that allows reading only, so not even ATTACH creates a file),
-PostgreSQL in a ``READ ONLY`` transaction with the statement sent as a
-prepared statement (one statement only, so no ``COMMIT; DELETE ...``).
+SQL that someone else wrote (``infermeter sql``) runs through
+:mod:`infermeter.store.readonly`, never through these helpers.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import make_url
 
 from infermeter.errors import StoreError
-from infermeter.store.engine import open_engine, redact, sqlite_path
 
 # ----- calendar columns, the only SQL that differs between the databases -------------
 
@@ -278,148 +270,3 @@ def create_views(conn: Connection, views: Sequence[View] = CURRENT_VIEWS) -> Non
 def drop_views(conn: Connection, views: Sequence[View] = CURRENT_VIEWS) -> None:
     for view in reversed(views):
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view.name}")
-
-
-# ----- read-only queries ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QueryResult:
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]]
-
-
-class ReadOnlyViolation(StoreError):
-    """The statement would have changed the store; nothing was changed."""
-
-
-READ_ONLY_MESSAGE = (
-    "infermeter sql is read-only: that statement would change the store, and nothing was changed"
-)
-
-
-def run_readonly(url: str, query: str) -> QueryResult:
-    """Run one statement on the store at ``url`` through a connection that cannot write."""
-    if not query.strip():
-        raise StoreError("no query given")
-    try:
-        backend = make_url(url).get_backend_name()
-    except Exception:
-        raise StoreError(f"database URL {url!r} is not a valid SQLAlchemy URL") from None
-    if backend == "sqlite":
-        return _run_sqlite(url, query)
-    if backend == "postgresql":
-        return _run_postgresql(url, query)
-    raise StoreError(f"infermeter sql supports SQLite and PostgreSQL stores, not {backend}")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-# What a query may do on SQLite: read. The authorizer is a third guard beside the
-# read-only open and ``query_only``: it also refuses what writes beside the store
-# (ATTACH creates a file) with the same clear message.
-_SQLITE_READS = frozenset(
-    (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
-)
-_SQLITE_READ_PRAGMAS = frozenset(
-    (
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "database_list",
-        "collation_list",
-        "function_list",
-        "pragma_list",
-        "compile_options",
-    )
-)
-
-
-def _sqlite_authorize(
-    action: int, arg1: str | None, arg2: str | None, _db: str | None, _source: str | None
-) -> int:
-    if action in _SQLITE_READS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or (arg1 or "") in _SQLITE_READ_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master":
-        return sqlite3.SQLITE_OK  # SQLite asks while it reads the schema
-    return sqlite3.SQLITE_DENY
-
-
-def _is_sqlite_write_refusal(e: sqlite3.Error) -> bool:
-    name = getattr(e, "sqlite_errorname", "")
-    text = str(e)
-    return (
-        name.startswith(("SQLITE_READONLY", "SQLITE_AUTH"))
-        or "readonly database" in text
-        or "not authorized" in text
-    )
-
-
-def _run_sqlite(url: str, query: str) -> QueryResult:
-    path = sqlite_path(url)
-    if path is None:
-        raise StoreError("infermeter sql needs a store in a file, not an in-memory database")
-    if not path.is_file():
-        raise StoreError(f"no store at {path}")
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open {path} read-only: {_first_line(e)}") from None
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.set_authorizer(_sqlite_authorize)
-        try:
-            cur = conn.execute(query)
-            rows = cur.fetchall()
-        except sqlite3.Error as e:
-            if _is_sqlite_write_refusal(e):
-                raise ReadOnlyViolation(READ_ONLY_MESSAGE) from None
-            raise StoreError(f"query failed: {_first_line(e)}") from None
-        except sqlite3.Warning as e:  # "You can only execute one statement at a time."
-            raise StoreError(f"query failed: {_first_line(e)}") from None
-        columns = tuple(d[0] for d in cur.description or ())
-        return QueryResult(columns, [tuple(r) for r in rows])
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-def _run_postgresql(url: str, query: str) -> QueryResult:
-    import psycopg
-
-    engine = open_engine(url)
-    try:
-        with engine.connect() as sa_conn:
-            raw: Any = sa_conn.connection.driver_connection
-            try:
-                with raw.cursor() as cur:
-                    cur.execute("SET TRANSACTION READ ONLY")
-                    # prepare=True sends one prepared statement: PostgreSQL refuses two
-                    # commands in it, so no statement can end the read-only transaction.
-                    cur.execute(query, prepare=True)
-                    columns = tuple(d.name for d in cur.description or ())
-                    rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
-            except psycopg.errors.ReadOnlySqlTransaction:
-                raise ReadOnlyViolation(READ_ONLY_MESSAGE) from None
-            except psycopg.Error as e:
-                raise StoreError(f"query failed: {_first_line(e)}") from None
-            finally:
-                raw.rollback()
-    except StoreError:
-        raise
-    except Exception as e:  # a lost connection mid-query
-        raise StoreError(f"query on {redact(url)} failed: {_first_line(e)}") from None
-    finally:
-        engine.dispose()
-    return QueryResult(columns, rows)
