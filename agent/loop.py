@@ -188,9 +188,13 @@ class Agent:
             self._pending_readings = deque(r for r in self._pending_readings if r.t1 > cutoff)
             targets = self._seen_targets
             still_held = {s.target for s in held}
-            self._seen_targets = {k: t for k, t in targets.items() if k in still_held}
             pending = self.ledger.split(ready, targets)
             calls = self.ledger.complete(cutoff, {t.pid: t for t in targets.values()})
+            # A process that exited keeps its target while spans it sent last wait.
+            waiting = self.ledger.pids()
+            self._seen_targets = {
+                k: t for k, t in targets.items() if k in still_held or t.pid in waiting
+            }
         by_device: dict[str, list[Share]] = {}
         for s in pending:
             by_device.setdefault(s.device_uid, []).append(s)
