@@ -407,7 +407,13 @@ class Emitter:
         return True
 
     def _send(self, data: bytes, wait_until: float) -> str | None:
-        """Send one datagram; None when sent, else why it was not."""
+        """Send one datagram; None when sent, else why it was not.
+
+        A connection refused may be a socket that is gone while a new one is
+        at the path (the agent restarted, or bound again after its directory
+        was deleted): one fresh connection is tried before giving up.
+        """
+        retried = False
         while True:
             sock = self._sock
             if sock is None and not self._connect():
@@ -428,6 +434,9 @@ class Emitter:
                         continue
                     return SOCKET_FULL
                 self._disconnect()
+                if e.errno in _ABSENT and not retried:
+                    retried = True
+                    continue
                 if e.errno in _ABSENT or e.errno in (errno.EACCES, errno.EPERM):
                     return AGENT_ABSENT
                 return ERROR
