@@ -300,15 +300,32 @@ def _give_to_group(path: str | Path, gid: int | None) -> None:
         ) from e
 
 
+def _warn_if_closed_to(parent: Path, st: os.stat_result, gid: int) -> None:
+    """Say so when an existing directory keeps the socket group out (it is left as it is)."""
+    if st.st_mode & stat.S_IXOTH or (st.st_gid == gid and st.st_mode & stat.S_IXGRP):
+        return
+    log.warning(
+        "span socket directory %s (mode %o, group %d) is closed to the socket group %d: "
+        "its members cannot reach the socket (systemd: Group=; or chgrp/chmod g+x it)",
+        parent,
+        stat.S_IMODE(st.st_mode),
+        st.st_gid,
+        gid,
+    )
+
+
 def _bind(path: str, gid: int | None = None) -> tuple[socket.socket, int]:
     """Bind the socket, owner+group only; refuse a path another live agent holds."""
     p = Path(path)
     parent = p.parent
-    if not parent.exists():
+    made = not parent.exists()
+    if made:
         parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         os.chmod(parent, DIR_MODE)  # mkdir's mode is cut by the umask
         _give_to_group(parent, gid)
     st = os.stat(parent)
+    if not made and gid is not None:
+        _warn_if_closed_to(parent, st, gid)
     if st.st_uid not in (os.geteuid(), 0):
         raise InfermeterError(
             f"span socket directory {parent} belongs to uid {st.st_uid}, not to this agent: "

@@ -364,3 +364,18 @@ def test_an_unknown_group_in_the_config_is_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "spans.group" in line and "no group 'no-such-group-here' on this host" in line
+
+
+def test_an_existing_folder_closed_to_the_group_is_left_as_is_and_said(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = other_group()
+    os.chmod(sock_dir, 0o700)  # as mkdtemp made it: the group cannot get in
+    r = SocketReceiver(str(sock_dir / "spans.sock"), group=group.gr_name, start=False)
+    try:
+        assert stat.S_IMODE(os.stat(sock_dir).st_mode) == 0o700
+        assert os.stat(r.path).st_gid == group.gr_gid
+        (line,) = [m for m in caplog.messages if "closed to the socket group" in m]
+        assert line.startswith(f"span socket directory {sock_dir} (mode 700, group ")
+    finally:
+        r.close()
