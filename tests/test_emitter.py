@@ -451,24 +451,33 @@ def test_a_short_lived_process_hands_over_every_span_at_exit_or_counts_it(path: 
 
     Nothing is sent before the exit (the sender's interval is an hour), so the
     exit's last pass does all of it: what did not fit in its 100 ms reaches
-    the agent as a count. Received plus told must be 20,000 exactly.
+    the agent as a count. Received plus told is 20,000 exactly; on a machine
+    so busy that the agent's thread could not even take the count in time,
+    the application's log carries the rest (counted, still exact).
     """
     receiver = SocketReceiver(path)
     try:
         r = _run_burst(path, 20_000, 0.1, life_s=2.0)
         assert r.returncode == 0, r.stderr
         pid = int(r.stdout)
+        untold = _untold(r.stderr)
         got: list[Span] = []
 
         def accounted() -> int:
             got.extend(receiver.drain())
-            return len(got) + receiver.sender_dropped().get(pid, 0)
+            return len(got) + receiver.sender_dropped().get(pid, 0) + untold
 
         assert wait_for(lambda: accounted() == 20_000, timeout=30), (accounted(), r.stderr)
-        assert {s.pid for s in got} <= {pid} and len(set(s.t0 for s in got)) == len(got)
-        assert "not told" not in r.stderr
+        assert got and {s.pid for s in got} == {pid} and len({s.t0 for s in got}) == len(got)
     finally:
         receiver.close()
+
+
+def _untold(stderr: str) -> int:
+    """The count the exit logged as not told to the agent (0 when it logged none)."""
+    lines = [line for line in stderr.splitlines() if "was not told of" in line]
+    assert len(lines) <= 1, stderr
+    return int(lines[0].split("infermeter: ")[1].split()[0]) if lines else 0
 
 
 def test_when_no_span_fits_the_exit_the_agent_still_hears_the_count(path: str) -> None:
@@ -497,9 +506,8 @@ def test_when_the_agent_cannot_even_take_the_count_the_exit_logs_it(path: str) -
     try:
         r = _run_burst(path, 50_000, 0.1)
         assert r.returncode == 0, r.stderr
-        logged = [line for line in r.stderr.splitlines() if "was not told of" in line]
-        assert len(logged) == 1, r.stderr
-        untold = int(logged[0].split("infermeter: ")[1].split()[0])
+        untold = _untold(r.stderr)
+        (logged,) = [line for line in r.stderr.splitlines() if "was not told of" in line]
         sink.setblocking(False)
         spans = told = 0
         while True:
@@ -511,7 +519,7 @@ def test_when_the_agent_cannot_even_take_the_count_the_exit_logs_it(path: str) -
             told += dropped
         assert spans > 0 and untold > 0
         assert spans + told + untold == 50_000
-        assert f"({spans} sent;" in logged[0]
+        assert f"({spans} sent;" in logged
     finally:
         sink.close()
 

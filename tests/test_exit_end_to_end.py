@@ -22,7 +22,8 @@ import pytest
 from conftest import infermeter_cmd
 
 APP = r"""
-import os, sys, time
+import logging, os, sys, time
+logging.basicConfig(level=logging.WARNING)  # so that a count the agent missed is seen
 from infermeter.records import Span
 from infermeter.sdk import current_emitter
 life, burst = int(sys.argv[1]), int(sys.argv[2])
@@ -114,7 +115,12 @@ def agent(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[tuple[Agent, dict
             a.stop()
 
 
-def run_app(env: dict[str, str], life: int, burst: int) -> int:
+def run_app(env: dict[str, str], life: int, burst: int) -> tuple[int, int]:
+    """Run the application to its end: its pid, and the spans its exit logged as untold.
+
+    Untold: dropped at exit when even the count could not reach the agent
+    (its queue full for the whole 30 ms kept for it, on a very busy machine).
+    """
     r = subprocess.run(
         [*infermeter_cmd(), "exec", "--", sys.executable, "-c", APP, str(life), str(burst)],
         env=env,
@@ -123,7 +129,8 @@ def run_app(env: dict[str, str], life: int, burst: int) -> int:
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    return int(r.stdout)
+    found = re.findall(r"infermeter: (\d+) spans dropped that the agent .* not told of", r.stderr)
+    return int(r.stdout), sum(int(n) for n in found)
 
 
 def test_a_two_second_application_has_every_span_stored_or_counted(
@@ -131,21 +138,24 @@ def test_a_two_second_application_has_every_span_stored_or_counted(
 ) -> None:
     """200 spans over its life and 5,000 in the last instant: 5,200 accounted for, exactly.
 
+    Stored, or dropped by the sender and counted (told to the agent, or in
+    the application's own log when even the count could not go).
+
     Before: the spans that arrived after the agent's last look at the living
     process found no target and were thrown away uncounted, and those still
     in the emitter at exit could be dropped with nobody told.
     """
     a, env = agent
-    pid = run_app(env, 200, 5000)
+    pid, untold = run_app(env, 200, 5000)
 
     def accounted() -> int:
-        return sum(a.stored().values()) + a.told_dropped(pid)
+        return sum(a.stored().values()) + a.told_dropped(pid) + untold
 
     a.wait_for(lambda: accounted() == 5200)
     assert a.stop() == 0
     stored = a.stored()
-    assert stored.get("life", 0) + stored.get("burst", 0) + a.told_dropped(pid) == 5200
-    assert a.not_stored() == 0, a.text()
+    assert stored.get("life", 0) + stored.get("burst", 0) + a.told_dropped(pid) + untold == 5200
+    assert stored.get("life", 0) > 0 and a.not_stored() == 0, a.text()
 
 
 def test_an_application_heard_only_as_it_exits_is_stored_or_said_to_be_lost(
@@ -155,14 +165,15 @@ def test_an_application_heard_only_as_it_exits_is_stored_or_said_to_be_lost(
 
     Whichever happens (it depends on whether a tick fell in the milliseconds
     between the last datagram and the process's end), stored plus the
-    agent's "not stored" count plus what the sender said it dropped is 3,000.
+    agent's "not stored" count plus what the sender said it dropped (to the
+    agent, or in its own log) is 3,000.
     """
     a, env = agent
-    pid = run_app(env, 0, 3000)
+    pid, untold = run_app(env, 0, 3000)
 
     def accounted() -> int:
-        return sum(a.stored().values()) + a.not_stored() + a.told_dropped(pid)
+        return sum(a.stored().values()) + a.not_stored() + a.told_dropped(pid) + untold
 
     a.wait_for(lambda: accounted() == 3000)
     assert a.stop() == 0
-    assert sum(a.stored().values()) + a.not_stored() + a.told_dropped(pid) == 3000
+    assert accounted() == 3000
