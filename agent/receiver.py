@@ -199,9 +199,9 @@ class SocketReceiver:
         """Bind again if the socket's path vanished; True if it did so now.
 
         A cheap ``lstat``. The path is ours while it is the inode we bound.
-        Gone (its directory deleted): make the directory and bind again.
-        Another live socket there: a newer agent's, left alone. Anything else
-        (a stale socket, a file): left as it is and logged, once.
+        Gone (its directory deleted), or a dead socket in its place: bind
+        again, as at start. Another live socket there: a newer agent's, left
+        alone. Anything else (a file): left as it is. Each logged once.
         """
         try:
             st: os.stat_result | None = os.lstat(self.path)
@@ -213,11 +213,11 @@ class SocketReceiver:
         if st is not None and st.st_ino == self._ino and stat.S_ISSOCK(st.st_mode):
             self._path_trouble = None
             return False
-        if st is not None:
-            if stat.S_ISSOCK(st.st_mode) and _is_live(self.path):
-                self._trouble(f"span socket {self.path} was taken by another agent: not receiving")
-            else:
-                self._trouble(f"span socket {self.path} was replaced by something else: left as is")
+        if st is not None and not stat.S_ISSOCK(st.st_mode):
+            self._trouble(f"span socket {self.path} was replaced by something else: left as is")
+            return False
+        if st is not None and _is_live(self.path):
+            self._trouble(f"span socket {self.path} was taken by another agent: not receiving")
             return False
         try:
             sock, ino = _bind(self.path, self.gid)
@@ -229,7 +229,11 @@ class SocketReceiver:
         old.close()
         self.rebinds += 1
         self._path_trouble = None
-        log.warning("span socket %s vanished (its directory deleted?): bound it again", self.path)
+        log.warning(
+            "span socket %s %s: bound it again",
+            self.path,
+            "vanished (its directory deleted?)" if st is None else "was left by a dead socket",
+        )
         return True
 
     def _trouble(self, message: str) -> None:

@@ -379,3 +379,19 @@ def test_an_existing_folder_closed_to_the_group_is_left_as_is_and_said(
         assert line.startswith(f"span socket directory {sock_dir} (mode 700, group ")
     finally:
         r.close()
+
+
+def test_a_dead_socket_put_in_place_of_ours_is_replaced(sock_dir: Path) -> None:
+    path = str(sock_dir / "s.sock")
+    r = SocketReceiver(path, start=False)
+    try:
+        os.unlink(path)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        stale.bind(path)
+        stale.close()  # a socket file nobody listens on
+        assert r.check_path() is True and r.rebinds == 1
+        send(path, encode_batch([span("again")])[0])
+        r.receive_one()
+        assert [s.model for s in r.drain()] == ["again"]
+    finally:
+        r.close()
