@@ -5,6 +5,14 @@ scheduler down with ``wait=True`` (a running flush finishes), flushes what
 the last ticks attributed, closes the store and returns 0. Each job runs at
 most one instance at a time and coalesces missed runs: a slow tick is
 skipped, never queued.
+
+When the final flush cannot write (the database went away, the disk is
+full), the batches still held go to the spool (``store.spool``) and the exit
+code is ``EXIT_SPOOLED`` (3); if the spool cannot be written either, they
+are lost, the log says how much, and the exit code is ``EXIT_LOST`` (4). The
+next start writes a spool before its first tick, then deletes it; a spool
+the store still refuses stays on disk, and its batches are held and retried
+like any other until the store takes them.
 """
 
 from __future__ import annotations
@@ -16,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from infermeter.config import Config, default_sqlite_url
+from infermeter.config import Config, data_dir, default_sqlite_url
 from infermeter.errors import StoreError
 from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager
@@ -28,9 +37,14 @@ from infermeter.private_files import private_dir
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact, sqlite_path
 from infermeter.store.lock import StoreLock
-from infermeter.store.writer import Store
+from infermeter.store.spool import read_spool, remove_spool, set_aside, spool_path, write_spool
+from infermeter.store.writer import FlushBatch, Store
 
 log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_SPOOLED = 3  # the final flush could not write: its batches are in the spool
+EXIT_LOST = 4  # nor could the spool be written: those batches are lost (the log says how many)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +91,26 @@ def jobs_for(agent: Agent, config: Config) -> list[Job]:
     ]
 
 
+def spool_file(config: Config) -> Path:
+    """Where this host's agent spools the batches its final flush could not write."""
+    configured = str(config["store.spool_dir"])
+    directory = Path(configured).expanduser() if configured else data_dir()
+    return spool_path(directory, config.host, config.store_url)
+
+
 def run_daemon(config: Config, pm: PluginManager, stop: threading.Event | None = None) -> int:
+    """Run the agent until ``stop`` (or SIGTERM, SIGINT); the exit code (EXIT_*)."""
     stop = stop or threading.Event()
     store, store_lock = open_store(config, lock=True)
     agent = Agent(config, pm, store)
+    spool = spool_file(config)
+    code = EXIT_OK
     scheduler = BackgroundScheduler(
         job_defaults={"max_instances": 1, "coalesce": True}, timezone="UTC"
     )
     try:
         agent.start()
+        write_spooled(agent, spool)
         for job in jobs_for(agent, config):
             scheduler.add_job(
                 job.run,
@@ -109,6 +134,7 @@ def run_daemon(config: Config, pm: PluginManager, stop: threading.Event | None =
         log.info("stopping: finishing running jobs")
         scheduler.shutdown(wait=True)
         written = agent.flush(final=True)
+        code = spool_what_is_left(agent, spool, config)
         log.info("final flush wrote %d shares; store closed", written)
     finally:
         if scheduler.running:
@@ -117,7 +143,57 @@ def run_daemon(config: Config, pm: PluginManager, stop: threading.Event | None =
         store.close()
         if store_lock is not None:
             store_lock.release()
-    return 0
+    return code
+
+
+def write_spooled(agent: Agent, path: Path) -> None:
+    """Before the first tick: write what the last run spooled, then delete the spool."""
+    if not path.exists():
+        return
+    try:
+        batches = read_spool(path)
+    except StoreError as e:
+        aside = set_aside(path)
+        log.error("%s; moved to %s, nothing from it written", e, aside)
+        return
+    taken = agent.write_spooled(batches)
+    if taken == len(batches):
+        remove_spool(path)
+        log.info("wrote the %d batches spooled in %s and deleted it", taken, path)
+    else:
+        log.warning(
+            "the store refused %d of the %d batches spooled in %s: the spool stays, "
+            "and they are held and retried with the next flushes",
+            len(batches) - taken,
+            len(batches),
+            path,
+        )
+
+
+def spool_what_is_left(agent: Agent, path: Path, config: Config) -> int:
+    """After the final flush: spool the batches the store did not take; the exit code."""
+    left = agent.unwritten()
+    if not left:
+        remove_spool(path)  # a spool this run started with is all stored now
+        return EXIT_OK
+    what = _describe(left)
+    try:
+        write_spool(path, left, config.host, config.store_url)
+    except StoreError as e:
+        log.error("the final flush could not write %s, and they are lost: %s", what, e)
+        return EXIT_LOST
+    log.error(
+        "the final flush could not write %s: spooled to %s, written by the next start",
+        what,
+        path,
+    )
+    return EXIT_SPOOLED
+
+
+def _describe(batches: list[FlushBatch]) -> str:
+    shares = sum(len(b.shares) for b in batches)
+    calls = sum(len(b.calls) for b in batches)
+    return f"{len(batches)} batches ({shares} shares, {calls} calls)"
 
 
 def _first_run(job: Job) -> datetime:

@@ -18,8 +18,17 @@ The socket is connected: a poll then says when the agent's queue has room,
 and a new agent at the same path (restart) is found by reconnecting after
 ECONNREFUSED. After ``os.fork`` the child starts with an empty buffer, fresh
 locks and no thread (the parent's spans are the parent's to send); its
-thread starts at its first emit. At exit the thread makes a last pass,
-bounded by ``exit_timeout_s``.
+thread starts at its first emit.
+
+At interpreter exit (``atexit``, and multiprocessing's exit hook in a worker
+that ``os._exit``s without running ``atexit``) the emitter stops taking
+spans and makes a last pass bounded by ``exit_timeout_s`` (100 ms) in all:
+the spans get most of it, and the rest is kept to tell the agent how many
+could not go (a datagram with only the count), since an application that
+exits has no later datagram to carry it. Encoding stops at the bound too, so
+a buffer of 100,000 spans never holds the exit up. Whatever the agent still
+could not be told is logged on the ``infermeter`` logger and stays in
+``stats()``.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import logging
+import math
 import os
 import select
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -40,7 +52,9 @@ from typing import Any
 
 from infermeter import context
 from infermeter.records import Span
-from infermeter.wire import default_socket_path, pack, span_to_wire
+from infermeter.wire import MAX_DATAGRAM, MAX_SPANS, default_socket_path, pack, span_to_wire
+
+log = logging.getLogger("infermeter")
 
 Finished = Callable[[], float | None]
 
@@ -53,7 +67,13 @@ PENDING_FULL = "pending_full"
 PENDING_TIMEOUT = "pending_timeout"
 PENDING_ERROR = "pending_error"
 CLOSED = "closed"
+EXIT_TIMEOUT = "exit_timeout"  # still unsent when the exit's time was up
 ERROR = "error"
+
+# Of the exit's time, the part the spans may use; the rest is for the count.
+_EXIT_SPANS_SHARE = 0.7
+# How much longer than the exit's bound close() waits for the thread's bookkeeping.
+_JOIN_SLACK_S = 0.01
 
 _ABSENT = {errno.ENOENT, errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE}
 _FULL = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS}
@@ -82,7 +102,7 @@ class Emitter:
         interval_s: float = 0.1,
         send_wait_s: float = 0.05,
         pending_timeout_s: float = 60.0,
-        exit_timeout_s: float = 1.0,
+        exit_timeout_s: float = 0.1,
     ) -> None:
         self.path = socket_path or default_socket_path()
         self.max_buffer = max_buffer
@@ -116,6 +136,10 @@ class Emitter:
         self._datagrams = 0
         self._unreported = 0
         self._dropped: Counter[str] = Counter()
+        # Monotonic bounds of the exit's last pass, set by close(): until then
+        # infinite. Spans go until the first, the count until the second.
+        self._spans_until = math.inf
+        self._deadline = math.inf
 
     # ----- the application's side: cheap, never raises ----------------------
 
@@ -220,6 +244,7 @@ class Emitter:
                 return
             thread = threading.Thread(target=self._run, name="infermeter-emitter", daemon=True)
             self._thread = thread
+        _hook_multiprocessing_exit()
         thread.start()
 
     # ----- the background thread ----------------------------------------------
@@ -249,6 +274,19 @@ class Emitter:
                 self._drop(ERROR)
 
     def _pass_locked(self, final: bool) -> None:
+        if final and self._deadline == math.inf:
+            # A final pass outside close(): bounded like the exit's, from now.
+            now = time.monotonic()
+            self._spans_until = now + self.exit_timeout_s * _EXIT_SPANS_SHARE
+            self._deadline = now + self.exit_timeout_s
+            try:
+                self._pass_once(final)
+            finally:
+                self._spans_until = self._deadline = math.inf
+            return
+        self._pass_once(final)
+
+    def _pass_once(self, final: bool) -> None:
         ready: list[tuple[Span, context.RequestContext | None]] = []
         if self._pending:
             self._poll_pending(ready, final)
@@ -266,13 +304,10 @@ class Emitter:
             if ready:
                 self._drop(AGENT_ABSENT, len(ready))
             return
-        fragments: list[bytes] = []
-        for span, ctx in ready:
-            try:
-                fragments.append(span_to_wire(context.apply(span, ctx)))
-            except Exception:
-                self._drop(INVALID)
-        self._send_all(fragments)
+        wait_until = min(time.monotonic() + self.send_wait_s, self._spans_until)
+        self._send_all(ready, wait_until)
+        if final:
+            self._report(self._deadline)
 
     def _poll_pending(
         self, ready: list[tuple[Span, context.RequestContext | None]], final: bool
@@ -297,27 +332,65 @@ class Emitter:
                 keep.append(item)
         pending.extendleft(reversed(keep))  # ahead of any added meanwhile
 
-    def _send_all(self, fragments: list[bytes]) -> None:
-        """Datagrams until the fragments are gone; each carries the drops not yet told."""
-        wait_until = time.monotonic() + self.send_wait_s
-        i = 0
+    def _send_all(
+        self, ready: list[tuple[Span, context.RequestContext | None]], wait_until: float
+    ) -> None:
+        """Datagrams until the spans are gone; each carries the drops not yet told.
+
+        Spans are encoded a datagram's worth at a time, so a pass cut short
+        (the socket full, the exit's time up) has not paid for the rest.
+        """
+        fragments: list[bytes] = []
+        i = 0  # fragments sent
+        j = 0  # spans encoded
+        queued = 0  # bytes of fragments[i:]
         while True:
+            if j < len(ready) and time.monotonic() > self._spans_until:
+                # The application is exiting and its time is up: count the rest.
+                self._drop(EXIT_TIMEOUT, len(fragments) - i + len(ready) - j)
+                return
+            while j < len(ready) and queued < MAX_DATAGRAM and len(fragments) - i < MAX_SPANS:
+                span, ctx = ready[j]
+                j += 1
+                try:
+                    fragment = span_to_wire(context.apply(span, ctx))
+                except Exception:
+                    self._drop(INVALID)
+                    continue
+                fragments.append(fragment)
+                queued += len(fragment) + 1
             with self._lock:
                 unreported = self._unreported
             if i >= len(fragments) and not unreported:
                 return
             data, n = pack(fragments, unreported, i)
             reason = self._send(data, wait_until)
-            if reason is None:
-                with self._lock:
-                    self._unreported -= unreported
-                    self._sent += n
-                    self._datagrams += 1
-            else:
+            if reason is not None:
                 # The rest would fail the same way now: drop and count them all.
-                self._drop(reason, len(fragments) - i)
+                self._drop(reason, len(fragments) - i + len(ready) - j)
                 return
+            with self._lock:
+                self._unreported -= unreported
+                self._sent += n
+                self._datagrams += 1
+            queued -= sum(len(f) + 1 for f in fragments[i : i + n])
             i += n
+
+    def _report(self, deadline: float) -> None:
+        """At exit, tell the agent what was dropped: a datagram with only the count.
+
+        Waits for room in the agent's queue until ``deadline``: no later
+        datagram will carry the count once the process is gone.
+        """
+        with self._lock:
+            unreported = self._unreported
+        if not unreported:
+            return
+        data, _ = pack([], unreported)
+        if self._send(data, deadline) is None:
+            with self._lock:
+                self._unreported -= unreported
+                self._datagrams += 1
 
     def _connect(self) -> bool:
         """A connected socket to the agent, made when there is none; False if it is away."""
@@ -334,7 +407,13 @@ class Emitter:
         return True
 
     def _send(self, data: bytes, wait_until: float) -> str | None:
-        """Send one datagram; None when sent, else why it was not."""
+        """Send one datagram; None when sent, else why it was not.
+
+        A connection refused may be a socket that is gone while a new one is
+        at the path (the agent restarted, or bound again after its directory
+        was deleted): one fresh connection is tried before giving up.
+        """
+        retried = False
         while True:
             sock = self._sock
             if sock is None and not self._connect():
@@ -346,7 +425,7 @@ class Emitter:
                 return None
             except OSError as e:
                 if e.errno in _FULL:
-                    left = wait_until - time.monotonic()
+                    left = min(wait_until, self._deadline) - time.monotonic()
                     if left > 0:
                         # The agent's queue is full: wait for room, on this thread only.
                         poller = select.poll()
@@ -355,6 +434,9 @@ class Emitter:
                         continue
                     return SOCKET_FULL
                 self._disconnect()
+                if e.errno in _ABSENT and not retried:
+                    retried = True
+                    continue
                 if e.errno in _ABSENT or e.errno in (errno.EACCES, errno.EPERM):
                     return AGENT_ABSENT
                 return ERROR
@@ -378,17 +460,27 @@ class Emitter:
             )
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking spans, make a last pass (bounded), release the socket."""
-        timeout = self.exit_timeout_s if timeout is None else timeout
+        """Stop taking spans, make a last pass within ``timeout``, release the socket.
+
+        ``timeout`` (default ``exit_timeout_s``) bounds the whole of it: the
+        thread's pass in progress, the last pass and the count sent after it.
+        """
+        timeout = self.exit_timeout_s if timeout is None else max(0.0, timeout)
+        now = time.monotonic()
+        self._spans_until = now + timeout * _EXIT_SPANS_SHARE
+        self._deadline = now + timeout
         self._limit = 0
-        deadline = time.monotonic() + timeout
         thread = self._thread
         self._stop.set()
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        elif thread is None and (self._buf or self._calls or self._pending or self._unreported):
-            self.flush(max(0.0, deadline - time.monotonic()), final=True)
-        if thread is None or not thread.is_alive():
+        running = thread is not None and thread.is_alive()
+        if running and thread is not threading.current_thread():
+            assert thread is not None
+            thread.join(max(0.0, self._deadline - time.monotonic()) + _JOIN_SLACK_S)
+            running = thread.is_alive()
+        if not running:
+            # No thread (never started, or it could not start at shutdown): this one sends.
+            if self._buf or self._calls or self._pending or self._unreported:
+                self.flush(max(0.0, self._deadline - time.monotonic()), final=True)
             # Emitted between the last pass and the closing: counted, not lost.
             left = len(self._buf) + len(self._calls) + len(self._pending)
             if left:
@@ -397,6 +489,16 @@ class Emitter:
                 self._pending.clear()
                 self._drop(CLOSED, left)
             self._disconnect()
+        stats = self.stats()
+        if stats.unreported and self in _live:  # said once, at the first close
+            log.warning(
+                "infermeter: %d spans dropped that the agent at %s was not told of "
+                "(%d sent; by reason: %s)",
+                stats.unreported,
+                self.path,
+                stats.sent,
+                stats.by_reason,
+            )
         _live.discard(self)
 
 
@@ -412,10 +514,42 @@ def _after_fork_in_child() -> None:
             pass
 
 
-def _at_exit() -> None:
-    for emitter in list(_live):
+def _at_exit(timeout: float | None = None) -> None:
+    """Close every emitter of this process, all of them within one exit bound."""
+    emitters = list(_live)
+    if not emitters:
+        return
+    bound = max(e.exit_timeout_s for e in emitters) if timeout is None else timeout
+    deadline = time.monotonic() + bound
+    for emitter in emitters:
         with contextlib.suppress(Exception):
-            emitter.close()
+            emitter.close(max(0.0, deadline - time.monotonic()))
+
+
+_mp_hooked_pid = 0
+
+
+def _hook_multiprocessing_exit() -> None:
+    """In a multiprocessing worker, close at its exit too: it ends with os._exit.
+
+    A forked worker runs multiprocessing's finalizers, not ``atexit``; without
+    this its last spans would vanish uncounted. Only when multiprocessing is
+    already loaded (it is, in its own workers): an application that does not
+    use it does not import it for us.
+    """
+    global _mp_hooked_pid
+    try:
+        if "multiprocessing.process" not in sys.modules or _mp_hooked_pid == os.getpid():
+            return
+        import multiprocessing
+        from multiprocessing import util
+
+        if multiprocessing.parent_process() is None:
+            return  # the main process: atexit runs
+        _mp_hooked_pid = os.getpid()
+        util.Finalize(None, _at_exit, exitpriority=0)
+    except Exception:
+        pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 TargetSource = Callable[[float], Mapping[int, Target]]
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: a driver's message can span several."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 class Agent:
     """One host's metering state. ``tick`` and ``flush`` may run on two threads."""
 
@@ -67,6 +73,8 @@ class Agent:
         self._unwritten: deque[FlushBatch] = deque()
         self._max_pending = int(config["agent.buffer_max_shares"])
         self.dropped_shares = 0
+        self._store_failing = False
+        self._unattributed_told = 0  # the ledger's count already logged
         self.devices: dict[str, Device] = {}
         self._seen_targets: dict[TargetKey, Target] = {}
         self.last_readings: list[Reading] = []
@@ -203,9 +211,13 @@ class Agent:
             self._pending_readings = deque(r for r in self._pending_readings if r.t1 > cutoff)
             targets = self._seen_targets
             still_held = {s.target for s in held}
-            self._seen_targets = {k: t for k, t in targets.items() if k in still_held}
             pending = self.ledger.split(ready, targets)
             calls = self.ledger.complete(cutoff, {t.pid: t for t in targets.values()})
+            # A process that exited keeps its target while spans it sent last wait.
+            waiting = self.ledger.pids()
+            self._seen_targets = {
+                k: t for k, t in targets.items() if k in still_held or t.pid in waiting
+            }
         by_device: dict[str, list[Share]] = {}
         for s in pending:
             by_device.setdefault(s.device_uid, []).append(s)
@@ -239,29 +251,90 @@ class Agent:
 
         When the store is away the batch is kept (bounded, oldest dropped and
         counted) and written again before the next one; a batch written twice
-        never counts twice, as every row has a natural key.
+        never counts twice, as every row has a natural key. A failing flush
+        says how much is held against which bound, and what the bound threw
+        away; what is still held after the final flush is ``unwritten()``,
+        for the daemon to spool.
         """
         now = time.time() if now is None else now
         batch = self.take_batch(now, final)
+        self._report_unstored_calls()
         if self.store is None:
             return 0
         if batch.shares or batch.calls:
             self._unwritten.append(batch)
+        written, _ = self._write_unwritten()
+        return written
+
+    def _write_unwritten(self) -> tuple[int, int]:
+        """Write the held batches, oldest first, until the store refuses one.
+
+        Returns the shares and the batches written.
+        """
+        assert self.store is not None
         written = 0
+        batches = 0
         while self._unwritten:
             head = self._unwritten[0]
             try:
                 written += self.store.write_flush(head)
             except Exception as e:
-                log.warning(
-                    "flush failed, keeping %d batches for the next: %s", len(self._unwritten), e
-                )
+                self._store_failing = True
+                dropped_before = self.dropped_shares
                 self._bound_unwritten()
-                return written
+                held = list(self._unwritten)
+                log.warning(
+                    "flush failed, holding %d batches (%d shares, %d calls; bound %d shares) "
+                    "for the next: %s",
+                    len(held),
+                    sum(len(b.shares) for b in held),
+                    sum(len(b.calls) for b in held),
+                    self._max_pending,
+                    _one_line(e),
+                )
+                if self.dropped_shares > dropped_before:
+                    log.warning(
+                        "the bound dropped the oldest held batches: %d shares lost (%d in all)",
+                        self.dropped_shares - dropped_before,
+                        self.dropped_shares,
+                    )
+                return written, batches
             self._unwritten.popleft()
             self.flushes += 1
+            batches += 1
             self.pm.collect("infermeter_export", batch=head.shares, config=self.config)
-        return written
+        if self._store_failing:
+            self._store_failing = False
+            log.info("the store is back: wrote %d held batches", batches)
+        return written, batches
+
+    def unwritten(self) -> list[FlushBatch]:
+        """The batches the store has not taken yet, oldest first."""
+        return list(self._unwritten)
+
+    def write_spooled(self, batches: Sequence[FlushBatch]) -> int:
+        """Write batches a previous run could not (its spool), ahead of any new one.
+
+        Returns how many the store took; those it refuses stay held, first in
+        line for the next flush. Their rows are idempotent on their natural
+        keys, so a batch that was partly written before does no harm.
+        """
+        if self.store is None or not batches:
+            return 0
+        self._unwritten.extendleft(reversed(batches))
+        _, taken = self._write_unwritten()
+        return min(taken, len(batches))
+
+    def _report_unstored_calls(self) -> None:
+        """Say when model calls could not be stored because no target claimed them."""
+        count = self.ledger.unattributed_calls
+        if count > self._unattributed_told:
+            log.warning(
+                "%d model calls not stored: their process was never a target (%d in all)",
+                count - self._unattributed_told,
+                count,
+            )
+            self._unattributed_told = count
 
     def _bound_unwritten(self) -> None:
         while sum(len(b.shares) for b in self._unwritten) > self._max_pending:

@@ -6,8 +6,12 @@ default), so waiting for the agent's one-second tick would make every
 sender see "socket full". The thread decodes each datagram (``wire``) into a
 bounded deque; ``drain()`` hands the deque over without blocking.
 
-Trust: the socket is ``0o660`` in a ``0o750`` directory, so only the agent's
-user and group can send (put inference users in the agent's group).
+Trust: the socket is ``0o660`` in a ``0o750`` directory, both owned by the
+socket group (``[spans] group``; by default the group ``infermeter`` when it
+exists and the agent may use it, else the agent's own), so only the agent's
+user and that group can send: put the inference users in it. A directory
+that already exists (systemd's ``RuntimeDirectory=``) keeps its mode and
+group; the socket gets them all the same.
 ``SO_PASSCRED`` makes the kernel attach the sender's pid to every datagram
 (``SCM_CREDENTIALS``); that pid replaces whatever the payload says, so one
 process cannot charge its spans to another. A pid of 0 (a sender in a pid
@@ -17,18 +21,25 @@ Everything not accepted is counted by reason: over size, malformed (the
 reason is logged at debug), no credentials, unexpected ancillary data, and
 queue overflow (the oldest spans go). Senders' own drops (the ``d`` field)
 are kept per pid; ``dropped()`` is the sum of all of them.
+
+The path is checked every ``PATH_CHECK_S``: when it vanished (someone
+deleted the directory, a tmp cleaner) the receiver makes the directory again
+and binds a new socket there, logging it once; the senders find it on their
+next datagram. A path another live agent has taken since is left to it.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import grp
 import logging
 import os
 import socket
 import stat
 import struct
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +52,8 @@ log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
+DEFAULT_GROUP = "infermeter"
+PATH_CHECK_S = 1.0  # how often the receiving thread checks that its path is still its own
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _ANC_SIZE = socket.CMSG_SPACE(_UCRED.size)
 _MAX_PIDS = 65536  # senders remembered in sender_dropped(); beyond, folded into pid 0
@@ -59,17 +72,26 @@ class SocketReceiver:
     name = "socket"
 
     def __init__(
-        self, path: str | None = None, *, max_queue: int = 100_000, start: bool = True
+        self,
+        path: str | None = None,
+        *,
+        max_queue: int = 100_000,
+        start: bool = True,
+        group: str | None = None,
     ) -> None:
         self.path = path or default_socket_path()
         self.max_queue = max_queue
+        self.gid = socket_group(group)  # None: the agent's own group
         self._lock = threading.Lock()
         self._queue: deque[Span] = deque()
         self._counts: Counter[str] = Counter()
         self._sender_dropped: dict[int, int] = {}
         self.datagrams = 0
         self._stop = threading.Event()
-        self._sock, self._ino = _bind(self.path)
+        self._sock, self._ino = _bind(self.path, self.gid)
+        self._next_check = time.monotonic() + PATH_CHECK_S
+        self._path_trouble: str | None = None  # what was last logged about the path
+        self.rebinds = 0
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="infermeter-spans", daemon=True)
@@ -115,6 +137,12 @@ class SocketReceiver:
     def _run(self) -> None:
         self._sock.settimeout(0.2)  # how soon close() is noticed
         while not self._stop.is_set():
+            if time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + PATH_CHECK_S
+                try:
+                    self.check_path()
+                except Exception:
+                    log.exception("span socket %s: checking the path failed", self.path)
             try:
                 self.receive_one()
             except TimeoutError:
@@ -167,6 +195,53 @@ class SocketReceiver:
                 self._counts[QUEUE_FULL] += over
         return True
 
+    def check_path(self) -> bool:
+        """Bind again if the socket's path vanished; True if it did so now.
+
+        A cheap ``lstat``. The path is ours while it is the inode we bound.
+        Gone (its directory deleted), or a dead socket in its place: bind
+        again, as at start. Another live socket there: a newer agent's, left
+        alone. Anything else (a file): left as it is. Each logged once.
+        """
+        try:
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            self._trouble(f"cannot check the span socket {self.path}: {e.strerror or e}")
+            return False
+        if st is not None and st.st_ino == self._ino and stat.S_ISSOCK(st.st_mode):
+            self._path_trouble = None
+            return False
+        if st is not None and not stat.S_ISSOCK(st.st_mode):
+            self._trouble(f"span socket {self.path} was replaced by something else: left as is")
+            return False
+        if st is not None and _is_live(self.path):
+            self._trouble(f"span socket {self.path} was taken by another agent: not receiving")
+            return False
+        try:
+            sock, ino = _bind(self.path, self.gid)
+        except InfermeterError as e:
+            self._trouble(f"span socket {self.path} vanished and cannot be bound again: {e}")
+            return False
+        sock.settimeout(0.2)
+        old, self._sock, self._ino = self._sock, sock, ino
+        old.close()
+        self.rebinds += 1
+        self._path_trouble = None
+        log.warning(
+            "span socket %s %s: bound it again",
+            self.path,
+            "vanished (its directory deleted?)" if st is None else "was left by a dead socket",
+        )
+        return True
+
+    def _trouble(self, message: str) -> None:
+        """Log a problem with the path once, not every check."""
+        if message != self._path_trouble:
+            self._path_trouble = message
+            log.warning("%s", message)
+
     def _refuse(self, reason: str) -> bool:
         with self._lock:
             self._counts[reason] += 1
@@ -181,14 +256,80 @@ def _close_fds(cdata: bytes) -> None:
             os.close(fd)
 
 
-def _bind(path: str) -> tuple[socket.socket, int]:
+def socket_group(name: str | None, default: str = DEFAULT_GROUP) -> int | None:
+    """The gid the socket and its directory are given; None: the agent's own group.
+
+    ``name`` (a group name or number) must exist, else InfermeterError. With
+    no name: ``default`` if that group exists and this agent may give files
+    to it (root, or a member), else the agent's own group.
+    """
+    if name:
+        return _gid_of(name)
+    try:
+        gid = grp.getgrnam(default).gr_gid
+    except KeyError:
+        return None
+    if os.geteuid() == 0 or gid == os.getegid() or gid in os.getgroups():
+        return gid
+    return None
+
+
+def group_problem(name: str) -> str | None:
+    """What is wrong with a configured group name (config check), or None."""
+    if not name:
+        return None
+    try:
+        _gid_of(name)
+    except InfermeterError as e:
+        return str(e)
+    return None
+
+
+def _gid_of(name: str) -> int:
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        raise InfermeterError(f"no group {name!r} on this host") from None
+
+
+def _give_to_group(path: str | Path, gid: int | None) -> None:
+    if gid is None:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as e:
+        raise InfermeterError(
+            f"cannot give {path} to group {gid}: {e.strerror or e} "
+            "(the agent must be root or a member of [spans] group)"
+        ) from e
+
+
+def _warn_if_closed_to(parent: Path, st: os.stat_result, gid: int) -> None:
+    """Say so when an existing directory keeps the socket group out (it is left as it is)."""
+    if st.st_mode & stat.S_IXOTH or (st.st_gid == gid and st.st_mode & stat.S_IXGRP):
+        return
+    log.warning(
+        "span socket directory %s (mode %o, group %d) is closed to the socket group %d: "
+        "its members cannot reach the socket (systemd: Group=; or chgrp/chmod g+x it)",
+        parent,
+        stat.S_IMODE(st.st_mode),
+        st.st_gid,
+        gid,
+    )
+
+
+def _bind(path: str, gid: int | None = None) -> tuple[socket.socket, int]:
     """Bind the socket, owner+group only; refuse a path another live agent holds."""
     p = Path(path)
     parent = p.parent
-    if not parent.exists():
+    made = not parent.exists()
+    if made:
         parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         os.chmod(parent, DIR_MODE)  # mkdir's mode is cut by the umask
+        _give_to_group(parent, gid)
     st = os.stat(parent)
+    if not made and gid is not None:
+        _warn_if_closed_to(parent, st, gid)
     if st.st_uid not in (os.geteuid(), 0):
         raise InfermeterError(
             f"span socket directory {parent} belongs to uid {st.st_uid}, not to this agent: "
@@ -209,7 +350,13 @@ def _bind(path: str) -> tuple[socket.socket, int]:
         # Between bind and chmod the socket has the umask's mode; the 0o750
         # directory keeps others out meanwhile.
         os.chmod(path, SOCKET_MODE)
+        _give_to_group(path, gid)
         ino = os.lstat(path).st_ino
+    except InfermeterError:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     except OSError as e:
         sock.close()
         raise InfermeterError(f"cannot bind the span socket {p}: {e.strerror or e}") from e

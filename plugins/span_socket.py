@@ -4,7 +4,8 @@ The work is in ``infermeter.receiver`` (SocketReceiver) and the format in
 ``infermeter.wire``; this module only declares the options and hands the
 receiver to the agent, which drains it every tick. A socket that cannot be
 bound (another agent holds it, no permission) is not fatal: the agent meters
-without spans and logs one line saying why.
+without spans and logs one line saying why. A ``group`` that does not exist
+is a configuration error (exit 2), caught before anything starts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import SpanSource
-from infermeter.receiver import SocketReceiver
+from infermeter.receiver import DEFAULT_GROUP, SocketReceiver, group_problem
 from infermeter.wire import ENV_SOCKET, default_socket_path
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ def infermeter_config_options() -> Sequence[Option]:
             "Spans held between ticks; beyond it the oldest are dropped and counted.",
             check=lambda n: None if n >= 1 else "must be >= 1",
         ),
+        Option(
+            "spans",
+            "group",
+            "",
+            "Group (name or gid) given the socket (0660) and the folder the agent "
+            "makes for it (0750): inference processes in it may send. Empty: "
+            f"{DEFAULT_GROUP!r} if that group exists and the agent may use it, "
+            "else the agent's own group.",
+            check=group_problem,
+        ),
     ]
 
 
@@ -51,7 +62,7 @@ def infermeter_span_sources(config: Config) -> Sequence[SpanSource]:
         log.error("[spans] max_queue must be >= 1, not %d: spans are off", max_queue)
         return []
     try:
-        return [SocketReceiver(path, max_queue=max_queue)]
+        return [SocketReceiver(path, max_queue=max_queue, group=str(config["spans.group"]))]
     except InfermeterError as e:
         log.error("spans are off: %s", e)
         return []

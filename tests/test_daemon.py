@@ -8,15 +8,21 @@ each device draws ``power_w`` and the shares of a window must add up to
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import infermeter_cmd
+
+from infermeter.emitter import Emitter
+from infermeter.records import Span
 
 POWER_W = 100.0
 IDLE_W = 40.0
@@ -215,3 +221,58 @@ def test_newer_schema_exits_2_and_changes_nothing(tmp_path: Path, cli_env: dict[
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "f00d0099"
         assert conn.execute("SELECT count(*) FROM hosts").fetchone()[0] == 0
     assert len(before) > 0
+
+
+def test_a_deleted_socket_directory_is_noticed_and_spans_are_stored_again(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """`rm -rf` of the agent's runtime directory: it binds again, says so, and stores spans."""
+    run = tmp_path / "run"
+    sock = run / "spans.sock"
+    db = tmp_path / "store.db"
+    env = {**cli_env, "INFERMETER_SOCKET": str(sock)}
+    proc = start(tmp_path, env, write_config(tmp_path), db)
+    emitter = Emitter(str(sock), interval_s=0.02)
+    try:
+        wait_until(sock.exists, proc)
+        first_inode = sock.stat().st_ino
+
+        def emit(model: str) -> None:
+            t = emitter.wall_time()
+            emitter.emit(Span(pid=os.getpid(), model=model, t0=t - 0.01, t1=t))
+
+        emit("before")
+        wait_until(lambda: "before" in stored_models(db), proc)
+        shutil.rmtree(run)
+        wait_until(lambda: sock.exists() and sock.stat().st_ino != first_inode, proc)
+        emit("after")
+        wait_until(lambda: "after" in stored_models(db), proc)
+    finally:
+        emitter.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err.count(f"span socket {sock} vanished (its directory deleted?): bound it again") == 1
+    assert emitter.stats().dropped == 0
+
+
+def wait_until(cond: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"not true within {timeout} s"
+        time.sleep(0.05)
+
+
+def stored_models(db: Path) -> set[str]:
+    """Names of the models that have a model call stored."""
+    if not db.exists():
+        return set()
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT m.name FROM requests r JOIN models m ON m.id = r.model_id"
+            ).fetchall()
+    except sqlite3.OperationalError:
+        return set()  # not migrated yet
+    return {name for (name,) in rows}

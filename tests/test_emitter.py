@@ -64,9 +64,13 @@ def span(model: str = "m", **kw: object) -> Span:
 
 def test_it_is_a_span_emitter_with_a_monotonic_wall_clock(emitter: Emitter) -> None:
     assert isinstance(emitter, SpanEmitter)
+    before = time.time()
     a = emitter.wall_time()
     b = emitter.wall_time()
-    assert a <= b and abs(a - time.time()) < 0.5
+    after = time.time()
+    # Bracketed by the system clock read on either side (no bound on how long
+    # the reads took); 1 ms covers the anchor's two reads at construction.
+    assert a <= b and before - 1e-3 <= a and b <= after + 1e-3
 
 
 def test_spans_reach_the_agent(emitter: Emitter, path: str) -> None:
@@ -86,14 +90,11 @@ def test_spans_reach_the_agent(emitter: Emitter, path: str) -> None:
 def test_agent_away_100k_calls_complete_and_the_agent_learns_exactly_100k(path: str) -> None:
     emitter = Emitter(path, interval_s=0.05)
     try:
-        started = time.monotonic()
         for i in range(100_000):
             emitter.emit(Span(pid=os.getpid(), model="resnet", t0=float(i), t1=float(i) + 0.5))
-        elapsed = time.monotonic() - started
         assert emitter.flush(timeout=5.0)
         stats = emitter.stats()
         assert (stats.sent, stats.dropped, stats.unreported) == (0, 100_000, 100_000)
-        assert elapsed < 10.0  # a few microseconds a call, never a wait on the socket
         receiver = SocketReceiver(path)  # the agent comes back
         try:
             assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 100_000})
@@ -111,19 +112,14 @@ def test_a_full_socket_never_blocks_and_every_span_is_sent_or_counted(path: str)
     sink.bind(path)  # an agent that is there but does not read
     emitter = Emitter(path, interval_s=0.01, send_wait_s=0.02)
     try:
-        worst = 0.0
         for i in range(200_000):
-            t = time.perf_counter()
             emitter.emit(Span(pid=1, model=f"m{i % 7}", t0=1.0, t1=2.0))
-            worst = max(worst, time.perf_counter() - t)
-        t = time.monotonic()
+        # A pass gives up on a socket that stays full: flush returns, and says so.
         assert emitter.flush(timeout=5.0)
-        assert time.monotonic() - t < 2.0
         stats = emitter.stats()
         assert stats.by_reason.get("socket_full", 0) > 0
         assert stats.sent > 0
         assert stats.sent + stats.dropped == 200_000
-        assert worst < 0.5  # no call waited for the socket (a GC pause is the most)
         # The agent starts reading: everything sent is there, and the drops arrive.
         sink.settimeout(0.5)
         spans = 0
@@ -143,6 +139,32 @@ def test_a_full_socket_never_blocks_and_every_span_is_sent_or_counted(path: str)
     finally:
         emitter.close()
         sink.close()
+
+
+def test_emit_never_waits_for_the_sender_even_when_it_is_stuck(path: str) -> None:
+    """The hot path takes no lock the sender holds across I/O, and touches no socket.
+
+    The test holds the sender's lock, as a pass stuck on a full socket would:
+    if ``emit`` waited for it, the loop below would never end (the test run's
+    timeout would say so). Shown by a count, not a stopwatch: nothing can be
+    sent meanwhile, so the buffer holds exactly ``max_buffer`` and every span
+    beyond it is dropped as buffer_full.
+    """
+    receiver = SocketReceiver(path)
+    emitter = Emitter(path, interval_s=0.01, max_buffer=1000)
+    try:
+        with emitter._send_lock:
+            for i in range(5000):
+                emitter.emit(Span(pid=1, model="m", t0=float(i), t1=float(i) + 1))
+            stats = emitter.stats()
+            assert (stats.sent, stats.by_reason) == (0, {"buffer_full": 4000})
+        assert wait_for(lambda: emitter.stats().sent == 1000)
+        got = collect(receiver, 1000)
+        assert len(got) == 1000 and got[0].t0 == 0.0  # the first ones kept, the rest counted
+        assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 4000})
+    finally:
+        emitter.close()
+        receiver.close()
 
 
 def test_pending_spans_get_their_end_time_later_or_are_counted(path: str) -> None:
@@ -372,11 +394,17 @@ def test_spans_buffered_at_exit_are_flushed(path: str) -> None:
         receiver.close()
 
 
-def test_exit_is_quick_when_the_agent_is_away(path: str) -> None:
-    started = time.monotonic()
+def test_exit_with_the_agent_away_counts_every_span_and_says_so(path: str) -> None:
+    """50,000 spans and no agent: the process exits at once, each span counted and logged.
+
+    The subprocess's own timeout is only a generous deadline; what is checked
+    is the count its exit logs (the emitter's logger, which the application
+    configured): every span, none sent.
+    """
     r = _run_python(
         """
-        import os, threading
+        import logging, os
+        logging.basicConfig(level=logging.WARNING)
         from infermeter.emitter import Emitter
         from infermeter.records import Span
         e = Emitter()
@@ -387,7 +415,153 @@ def test_exit_is_quick_when_the_agent_is_away(path: str) -> None:
         path,
     )
     assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
-    assert time.monotonic() - started < 10.0
+    assert f"50000 spans dropped that the agent at {path} was not told of (0 sent;" in r.stderr
+
+
+EXIT_BURST = """
+import logging, os, sys, time
+logging.basicConfig(level=logging.WARNING)
+from infermeter.emitter import Emitter
+from infermeter.records import Span
+n, exit_timeout_s = int(sys.argv[1]), float(sys.argv[2])
+e = Emitter(interval_s=3600, exit_timeout_s=exit_timeout_s)  # only the exit sends
+time.sleep(float(sys.argv[3]))  # a short-lived application's life
+for i in range(n):
+    e.emit(Span(pid=os.getpid(), model="burst", t0=1.0 + i, t1=1.5 + i))
+print(os.getpid(), flush=True)
+"""
+
+
+def _run_burst(
+    path: str, n: int, exit_timeout_s: float, life_s: float = 0.0
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+    env["INFERMETER_SOCKET"] = path
+    return subprocess.run(
+        [sys.executable, "-c", EXIT_BURST, str(n), str(exit_timeout_s), str(life_s)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_short_lived_process_hands_over_every_span_at_exit_or_counts_it(path: str) -> None:
+    """A 2 s application emits 20,000 spans just before it exits.
+
+    Nothing is sent before the exit (the sender's interval is an hour), so the
+    exit's last pass does all of it: what did not fit in its 100 ms reaches
+    the agent as a count. Received plus told is 20,000 exactly; on a machine
+    so busy that the agent's thread could not even take the count in time,
+    the application's log carries the rest (counted, still exact).
+    """
+    receiver = SocketReceiver(path)
+    try:
+        r = _run_burst(path, 20_000, 0.1, life_s=2.0)
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout)
+        untold = _untold(r.stderr)
+        got: list[Span] = []
+
+        def accounted() -> int:
+            got.extend(receiver.drain())
+            return len(got) + receiver.sender_dropped().get(pid, 0) + untold
+
+        assert wait_for(lambda: accounted() == 20_000, timeout=30), (accounted(), r.stderr)
+        assert got and {s.pid for s in got} == {pid} and len({s.t0 for s in got}) == len(got)
+    finally:
+        receiver.close()
+
+
+def _untold(stderr: str) -> int:
+    """The count the exit logged as not told to the agent (0 when it logged none)."""
+    lines = [line for line in stderr.splitlines() if "was not told of" in line]
+    assert len(lines) <= 1, stderr
+    return int(lines[0].split("infermeter: ")[1].split()[0]) if lines else 0
+
+
+def test_when_no_span_fits_the_exit_the_agent_still_hears_the_count(path: str) -> None:
+    """An exit bound of 0 leaves no time for spans: all 3,000 go as one count, none lost."""
+    receiver = SocketReceiver(path)
+    try:
+        r = _run_burst(path, 3000, 0.0)
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout)
+        assert wait_for(lambda: receiver.sender_dropped() == {pid: 3000})
+        assert receiver.drain() == []
+    finally:
+        receiver.close()
+
+
+def test_when_the_agent_cannot_even_take_the_count_the_exit_logs_it(path: str) -> None:
+    """An agent that reads nothing: the spans that fit its queue, the count, and the log add up.
+
+    The socket's queue fills (max_dgram_qlen datagrams), the rest of the spans
+    and then the count cannot go; the application's log says how many. Read
+    afterwards, the queue's spans plus the counts it carries plus the logged
+    number make the 50,000 emitted.
+    """
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    try:
+        r = _run_burst(path, 50_000, 0.1)
+        assert r.returncode == 0, r.stderr
+        untold = _untold(r.stderr)
+        (logged,) = [line for line in r.stderr.splitlines() if "was not told of" in line]
+        sink.setblocking(False)
+        spans = told = 0
+        while True:
+            try:
+                batch, dropped = decode_batch(sink.recv(1 << 17))
+            except BlockingIOError:
+                break
+            spans += len(batch)
+            told += dropped
+        assert spans > 0 and untold > 0
+        assert spans + told + untold == 50_000
+        assert f"({spans} sent;" in logged
+    finally:
+        sink.close()
+
+
+MP_WORKER = """
+import multiprocessing as mp, os, sys
+from infermeter.emitter import Emitter
+from infermeter.records import Span
+emitter = Emitter(interval_s=3600)  # made before the fork, as instrument() would be
+
+def work(n):
+    for i in range(n):
+        emitter.emit(Span(pid=os.getpid(), model="worker", t0=1.0 + i, t1=1.5 + i))
+    print(os.getpid(), flush=True)
+
+if __name__ == "__main__":
+    p = mp.get_context("fork").Process(target=work, args=(int(sys.argv[1]),))
+    p.start()
+    p.join()
+    sys.exit(p.exitcode)
+"""
+
+
+def test_a_multiprocessing_worker_hands_over_its_spans_before_it_exits(path: str) -> None:
+    """A forked worker ends with os._exit, which skips atexit: its exit hook must send."""
+    receiver = SocketReceiver(path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+        env["INFERMETER_SOCKET"] = path
+        r = subprocess.run(
+            [sys.executable, "-c", MP_WORKER, "500"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        worker = int(r.stdout)
+        got = collect(receiver, 500)
+        assert len(got) == 500 and {s.pid for s in got} == {worker}
+    finally:
+        receiver.close()
 
 
 # ----- instrument() --------------------------------------------------------------

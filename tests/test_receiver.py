@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -14,12 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import infermeter_cmd
 
 from infermeter.config import build_config
+from infermeter.emitter import Emitter
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import SpanSource
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.receiver import SocketReceiver
+from infermeter.receiver import SocketReceiver, socket_group
 from infermeter.records import Span
 from infermeter.wire import MAX_DATAGRAM, encode_batch
 
@@ -200,3 +204,194 @@ def test_the_plugin_offers_the_receiver_at_the_configured_path(sock_dir: Path) -
     finally:
         for s in sources:
             s.close()
+
+
+# ----- the path vanishes -----------------------------------------------------------
+
+
+def test_a_deleted_socket_directory_is_made_again_and_senders_carry_on(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The directory goes (rm -rf, a tmp cleaner): the receiver binds again, once, and says so.
+
+    An emitter connected to the old socket finds the new one on its next
+    datagram: both spans arrive and it counts no drop.
+    """
+    caplog.set_level("WARNING", logger="infermeter.receiver")
+    run = sock_dir / "run"
+    r = SocketReceiver(str(run / "spans.sock"))
+    emitter = Emitter(r.path, interval_s=0.02)
+    try:
+        emitter.emit(span("before"))
+        assert wait_for(lambda: [s.model for s in r.drain()] == ["before"])
+        shutil.rmtree(run)
+        assert wait_for(lambda: r.rebinds == 1 and os.path.exists(r.path), timeout=30)
+        assert stat.S_IMODE(os.stat(run).st_mode) == 0o750
+        assert stat.S_IMODE(os.stat(r.path).st_mode) == 0o660
+        emitter.emit(span("after"))
+        assert wait_for(lambda: [s.model for s in r.drain()] == ["after"])
+        assert emitter.stats().dropped == 0
+        assert [r.check_path() for _ in range(3)] == [False] * 3  # it is ours again
+        vanished = [m for m in caplog.messages if "vanished" in m]
+        assert vanished == [
+            f"span socket {r.path} vanished (its directory deleted?): bound it again"
+        ]
+        assert r.rebinds == 1
+    finally:
+        emitter.close()
+        r.close()
+    assert not os.path.exists(r.path)  # the new socket is ours to remove
+
+
+def test_a_path_another_agent_took_is_left_to_it(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(sock_dir / "s.sock")
+    old = SocketReceiver(path, start=False)
+    os.unlink(path)
+    new = SocketReceiver(path)
+    try:
+        assert old.check_path() is False and old.check_path() is False
+        taken = [m for m in caplog.messages if "taken by another agent" in m]
+        assert len(taken) == 1  # logged once, not at every check
+        send(path, encode_batch([span("new")])[0])
+        assert wait_for(lambda: [s.model for s in new.drain()] == ["new"])
+        assert old.rebinds == 0
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_file_put_where_the_socket_was_is_not_touched(sock_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    r = SocketReceiver(str(path), start=False)
+    try:
+        path.unlink()
+        path.write_text("someone's file")
+        assert r.check_path() is False
+        assert path.read_text() == "someone's file"
+    finally:
+        r.close()
+    assert path.read_text() == "someone's file"
+
+
+# ----- the socket group ----------------------------------------------------------------
+
+
+def other_group() -> grp.struct_group:
+    """A group this test may give files to that is not the process's own group.
+
+    Root may use any: the system's ``daemon`` group. Anyone else: one of
+    their supplementary groups, else their own (then only the mode is shown).
+    """
+    if os.geteuid() == 0:
+        return grp.getgrnam("daemon")
+    others = [g for g in os.getgroups() if g != os.getegid()]
+    return grp.getgrgid(others[0] if others else os.getegid())
+
+
+def send_as(uid: int, gid: int, groups: list[int], path: str, data: bytes) -> int:
+    """Send ``data`` from a forked process that became ``uid``: 0 sent, 13 refused."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.sendto(data, path)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_the_socket_and_its_folder_are_given_to_the_configured_group(sock_dir: Path) -> None:
+    """Mode and group as configured; under root, also what they mean for another user.
+
+    A second user is needed to show the effect, so that part runs when the
+    test runs as root: the sender is ``nobody``, once with the socket's
+    group and once without it, and only the first gets through.
+    """
+    group = other_group()
+    os.chmod(sock_dir, 0o755)  # mkdtemp's 0700 would stop nobody before our folder does
+    r = SocketReceiver(str(sock_dir / "run" / "spans.sock"), group=group.gr_name)
+    try:
+        sock_st, dir_st = os.stat(r.path), os.stat(sock_dir / "run")
+        assert (sock_st.st_gid, stat.S_IMODE(sock_st.st_mode)) == (group.gr_gid, 0o660)
+        assert (dir_st.st_gid, stat.S_IMODE(dir_st.st_mode)) == (group.gr_gid, 0o750)
+        assert socket_group(str(group.gr_gid)) == group.gr_gid  # a gid works as well
+        if os.geteuid() != 0:
+            return
+        data = encode_batch([span("from-nobody")])[0]
+        nobody = pwd.getpwnam("nobody")
+        codes = [
+            send_as(nobody.pw_uid, nobody.pw_gid, extra, r.path, data)
+            for extra in (
+                [group.gr_gid],
+                [],
+            )
+        ]
+        assert codes == [0, 13]
+        assert wait_for(lambda: r.stats()["datagrams"] == 1)
+        assert [s.model for s in r.drain()] == ["from-nobody"]
+    finally:
+        r.close()
+
+
+def test_the_default_group_is_used_only_when_it_exists_and_may_be_used() -> None:
+    assert socket_group("", default="no-such-group-here") is None
+    if os.geteuid() == 0:
+        assert socket_group("", default="daemon") == grp.getgrnam("daemon").gr_gid
+    with pytest.raises(InfermeterError, match="no group 'no-such-group-here' on this host"):
+        socket_group("no-such-group-here")
+
+
+def test_an_unknown_group_in_the_config_is_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[spans]\ngroup = "no-such-group-here"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
+    r = subprocess.run(
+        [*infermeter_cmd(), "--config", str(config), "config", "show"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "spans.group" in line and "no group 'no-such-group-here' on this host" in line
+
+
+def test_an_existing_folder_closed_to_the_group_is_left_as_is_and_said(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = other_group()
+    os.chmod(sock_dir, 0o700)  # as mkdtemp made it: the group cannot get in
+    r = SocketReceiver(str(sock_dir / "spans.sock"), group=group.gr_name, start=False)
+    try:
+        assert stat.S_IMODE(os.stat(sock_dir).st_mode) == 0o700
+        assert os.stat(r.path).st_gid == group.gr_gid
+        (line,) = [m for m in caplog.messages if "closed to the socket group" in m]
+        assert line.startswith(f"span socket directory {sock_dir} (mode 700, group ")
+    finally:
+        r.close()
+
+
+def test_a_dead_socket_put_in_place_of_ours_is_replaced(sock_dir: Path) -> None:
+    path = str(sock_dir / "s.sock")
+    r = SocketReceiver(path, start=False)
+    try:
+        os.unlink(path)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        stale.bind(path)
+        stale.close()  # a socket file nobody listens on
+        assert r.check_path() is True and r.rebinds == 1
+        send(path, encode_batch([span("again")])[0])
+        r.receive_one()
+        assert [s.model for s in r.drain()] == ["again"]
+    finally:
+        r.close()
