@@ -33,6 +33,8 @@ from infermeter.windows import summarise
 log = logging.getLogger(__name__)
 
 TargetSource = Callable[[float], Mapping[int, Target]]
+# Agent state: the span sources' counters as of the last rollup (``status`` shows them).
+SPAN_SOURCES_KEY = "span_sources"
 
 
 def _one_line(e: BaseException) -> str:
@@ -354,7 +356,9 @@ class Agent:
         Rows of the last seconds may still be on their way (a flush leaves
         span_lag_s unattributed and a flush comes every flush_s), so the
         rollups stop that long before now, unless this is the last rollup
-        after the final flush.
+        after the final flush. An hour that its data makes fail is recorded
+        and passed (request_rollup), so no input stops the rollups. The span
+        sources' counters are stored alongside, for ``infermeter status``.
         """
         from infermeter.store.request_rollup import rollup_store
 
@@ -367,9 +371,27 @@ class Agent:
         since = float(since) - 3600 if since is not None else 0.0
         rows = rollup_store(self.store, since, until)
         self.store.set_state("rollup_until", until)
+        self.store.set_state(SPAN_SOURCES_KEY, self._span_source_counts())
         return rows
 
+    def _span_source_counts(self) -> dict[str, dict[str, int]]:
+        """Per span source, what it dropped and (receiver) refused or changed, since start."""
+        out: dict[str, dict[str, int]] = {}
+        for source in self.span_sources:
+            try:
+                counts = dict(getattr(source, "stats", dict)())
+                counts["dropped"] = source.dropped()
+            except Exception:  # a plugin's counters are not worth a rollup
+                continue
+            out[source.name] = {k: int(v) for k, v in counts.items()}
+        return out
+
     def prune(self, now: float | None = None) -> int:
+        """Delete raw shares past retention, except those of hours not rolled up yet.
+
+        Store.prune keeps every share the rollups have not summed (after the
+        completion point, or in an hour whose rollup failed), whatever its age.
+        """
         if self.store is None:
             return 0
         now = time.time() if now is None else now

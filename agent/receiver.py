@@ -18,9 +18,12 @@ process cannot charge its spans to another. A pid of 0 (a sender in a pid
 namespace the agent cannot see) is treated as no credentials.
 
 Everything not accepted is counted by reason: over size, malformed (the
-reason is logged at debug), no credentials, unexpected ancillary data, and
-queue overflow (the oldest spans go). Senders' own drops (the ``d`` field)
-are kept per pid; ``dropped()`` is the sum of all of them.
+reason is logged at debug), no credentials, unexpected ancillary data, a
+span refused within a datagram that holds others (out of range: the
+others are kept), and queue overflow (the oldest spans go). Senders' own
+drops (the ``d`` field) are kept per pid; ``dropped()`` is the sum of all
+of them. Strings the decoder replaced or cut to fit the store are counted
+too (``stats()["strings_changed"]``); both are logged, at most once a minute.
 
 The path is checked every ``PATH_CHECK_S``: when it vanished (someone
 deleted the directory, a tmp cleaner) the receiver makes the directory again
@@ -46,7 +49,7 @@ from pathlib import Path
 
 from infermeter.errors import InfermeterError
 from infermeter.records import Span
-from infermeter.wire import MAX_DATAGRAM, decode_batch, default_socket_path
+from infermeter.wire import MAX_DATAGRAM, decode, default_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ MALFORMED = "malformed"
 NO_CREDENTIALS = "no_credentials"
 ANCILLARY = "ancillary"
 QUEUE_FULL = "queue_full"
+INVALID_SPAN = "invalid_span"
+NOTICE_EVERY_S = 60.0  # a warning of each kind at most this often
 
 
 class SocketReceiver:
@@ -87,6 +92,8 @@ class SocketReceiver:
         self._counts: Counter[str] = Counter()
         self._sender_dropped: dict[int, int] = {}
         self.datagrams = 0
+        self.strings_changed = 0
+        self._noticed: dict[str, float] = {}
         self._stop = threading.Event()
         self._sock, self._ino = _bind(self.path, self.gid)
         self._next_check = time.monotonic() + PATH_CHECK_S
@@ -118,6 +125,7 @@ class SocketReceiver:
         with self._lock:
             out = dict(self._counts)
             out["datagrams"] = self.datagrams
+            out["strings_changed"] = self.strings_changed
             out["sender_dropped"] = sum(self._sender_dropped.values())
             out["queued"] = len(self._queue)
         return out
@@ -177,12 +185,21 @@ class SocketReceiver:
         if pid <= 0:
             return self._refuse(NO_CREDENTIALS)
         try:
-            spans, sender_dropped = decode_batch(data, pid=pid)
+            decoded = decode(data, pid=pid)
         except ValueError as e:
             log.debug("span datagram from pid %d refused: %s", pid, e)
             return self._refuse(MALFORMED)
+        if decoded.refused and not decoded.spans:  # nothing in it is a span
+            log.debug("span datagram from pid %d refused: %s", pid, decoded.refused[0])
+            return self._refuse(MALFORMED)
+        spans, sender_dropped = decoded.spans, decoded.dropped
         with self._lock:
             self.datagrams += 1
+            self.strings_changed += decoded.changed
+            changed_in_all = self.strings_changed
+            if decoded.refused:
+                self._counts[INVALID_SPAN] += len(decoded.refused)
+            refused_in_all = self._counts[INVALID_SPAN]
             if sender_dropped:
                 if pid not in self._sender_dropped and len(self._sender_dropped) >= _MAX_PIDS:
                     pid = 0
@@ -193,6 +210,23 @@ class SocketReceiver:
                 for _ in range(over):
                     self._queue.popleft()
                 self._counts[QUEUE_FULL] += over
+        if decoded.refused:
+            self._notice(
+                INVALID_SPAN,
+                "%d spans from pid %d refused (%d in all), the rest of the datagram kept: %s",
+                len(decoded.refused),
+                pid,
+                refused_in_all,
+                decoded.refused[0],
+            )
+        if decoded.changed:
+            self._notice(
+                "strings_changed",
+                "%d span strings from pid %d replaced or cut to fit the store (%d in all)",
+                decoded.changed,
+                pid,
+                changed_in_all,
+            )
         return True
 
     def check_path(self) -> bool:
@@ -241,6 +275,12 @@ class SocketReceiver:
         if message != self._path_trouble:
             self._path_trouble = message
             log.warning("%s", message)
+    def _notice(self, kind: str, message: str, *args: object) -> None:
+        """Warn, unless a warning of this kind went out less than a minute ago."""
+        now = time.monotonic()
+        if now - self._noticed.get(kind, -NOTICE_EVERY_S) >= NOTICE_EVERY_S:
+            self._noticed[kind] = now
+            log.warning(message, *args)
 
     def _refuse(self, reason: str) -> bool:
         with self._lock:

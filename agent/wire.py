@@ -15,9 +15,19 @@ outage when it comes back), and each span is an array in ``FIELDS`` order::
 Arrays rather than objects keep a span near 100 bytes, so one datagram
 (``MAX_DATAGRAM``) carries hundreds. JSON rather than a binary struct because
 the agent must validate every field anyway and ``json`` is C-fast in both
-processes. The receiver trusts nothing: ``decode_batch`` checks types,
-lengths, finite numbers and ``t1 >= t0`` and raises ValueError with the
-reason; ``encode_batch`` runs the same checks, so whatever is sent decodes.
+processes. The receiver trusts nothing: ``decode`` checks types, finite
+numbers, ``t1 >= t0`` and that counts are in range, and refuses a span
+that fails (with the reason), or the whole datagram when its frame is bad.
+
+Strings are made to fit the store rather than refused, since a tenant one
+character too long must not cost the call: a lone surrogate (which no UTF-8
+store can hold) and NUL (which PostgreSQL's text cannot) become U+FFFD, and
+a string longer than its column is cut to it. This is the one place spans
+are validated, so every limit is the store's: ``MAX_STR`` is the
+VARCHAR(255) of model names, tenants and request ids, ``MAX_NAME`` the
+VARCHAR(32) of a model's framework and dtype, ``MAX_COUNT`` the INTEGER of
+items and tokens. ``decode`` counts the strings it changed. ``encode_batch``
+cleans and checks the same way, so what the SDK sends decodes unchanged.
 The limits are chosen so that every valid span fits one datagram.
 
 The payload's ``pid`` is informative only: the agent replaces it with the
@@ -30,7 +40,9 @@ import json
 import math
 import operator
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +51,16 @@ from infermeter.records import Span
 VERSION = 1
 MAX_DATAGRAM = 60 * 1024  # bytes; under the 64 KiB a default wmem always allows
 MAX_SPANS = 4096  # per datagram
-MAX_STR = 256  # model, request_id, tenant, tag values (characters)
-MAX_SHORT = 64  # framework, device, dtype, tag keys (characters)
+# Strings (characters) are cut to these, the widths of the columns they go in.
+MAX_STR = 255  # model, request_id, tenant (VARCHAR(255)); tag values (JSON)
+MAX_SHORT = 64  # device, tag keys (not stored / JSON)
+MAX_NAME = 32  # framework, dtype (models.framework and models.dtype are VARCHAR(32))
 MAX_TAGS = 16
-MAX_COUNT = 2**63 - 1  # items, tokens, parameters, dropped
+# Numbers outside these refuse the span: no real call has them, and a sum of
+# them would overflow the store's columns.
+MAX_COUNT = 2**31 - 1  # items, tokens (requests' INTEGER columns)
+MAX_PARAMETERS = 2**53 - 1  # a model's parameters (BIGINT; exact as a JSON number)
+MAX_DROPPED = 2**63 - 1  # a sender's drop count (kept in memory only)
 MAX_PID = 2**31 - 1
 
 FIELDS = (
@@ -69,7 +87,7 @@ _HEAD = b'{"v":%d,"d":%d,"s":['
 _TAIL = b"]}"
 # The head with the widest dropped count, plus the tail: what a datagram
 # costs besides its spans.
-_OVERHEAD = len(_HEAD % (VERSION, MAX_COUNT)) + len(_TAIL)
+_OVERHEAD = len(_HEAD % (VERSION, MAX_DROPPED)) + len(_TAIL)
 
 
 def default_socket_path() -> str:
@@ -93,15 +111,47 @@ def default_socket_path() -> str:
 
 # ----- validation, shared by both directions ----------------------------------
 
+# What no store can hold: lone surrogates (not UTF-8) and NUL (PostgreSQL text).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-def _str(value: Any, name: str, limit: int, optional: bool = True) -> str | None:
-    if value is None and optional:
-        return None
-    if type(value) is not str:
-        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
-    if len(value) > limit:
-        raise ValueError(f"{name} longer than {limit} characters")
-    return value
+
+class _Cleaner:
+    """Checks one span's fields, fixing its strings and counting what it fixed."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self) -> None:
+        self.changed = 0
+
+    def text(self, value: Any, name: str, limit: int, optional: bool = True) -> str | None:
+        """``value`` as the store can hold it; ValueError if it is not a string."""
+        if value is None and optional:
+            return None
+        if type(value) is not str:
+            raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+        if len(value) <= limit and _UNSTORABLE.search(value) is None:
+            return value
+        cleaned = _UNSTORABLE.sub("\ufffd", value[:limit])
+        if cleaned != value:
+            self.changed += 1
+        return cleaned
+
+    def tags(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValueError(f"tags must be an object, not {type(value).__name__}")
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"more than {MAX_TAGS} tags")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            key = self.text(k, "tag key", MAX_SHORT, optional=False)
+            if not key:
+                raise ValueError("empty tag key")
+            if key in out:  # two keys that differ only in what was replaced or cut
+                self.changed += 1
+            text = self.text(v, f"tag {key!r}", MAX_STR, optional=False)
+            assert text is not None
+            out[key] = text
+        return out
 
 
 def _count(value: Any, name: str, limit: int = MAX_COUNT, optional: bool = True) -> int | None:
@@ -110,7 +160,7 @@ def _count(value: Any, name: str, limit: int = MAX_COUNT, optional: bool = True)
     if type(value) is not int:  # bool is not a count
         raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
     if not 0 <= value <= limit:
-        raise ValueError(f"{name} out of range: {value}")
+        raise ValueError(f"{name} out of range 0..{limit}: {value}")
     return value
 
 
@@ -123,24 +173,17 @@ def _time(value: Any, name: str) -> float:
     return t
 
 
-def _tags(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValueError(f"tags must be an object, not {type(value).__name__}")
-    if len(value) > MAX_TAGS:
-        raise ValueError(f"more than {MAX_TAGS} tags")
-    for k, v in value.items():
-        if not _str(k, "tag key", MAX_SHORT, optional=False):
-            raise ValueError("empty tag key")
-        _str(v, f"tag {k[:MAX_SHORT]!r}", MAX_STR, optional=False)
-    return value
+def _clean_span(a: Any, cleaner: _Cleaner) -> list[Any]:
+    """The span array ``a`` (FIELDS order) with its strings made storable.
 
-
-def _check_span(a: Any) -> None:
-    """Raise ValueError unless ``a`` is a valid span array (FIELDS order)."""
+    Raises ValueError, saying why, when a field cannot be fixed: a wrong
+    type, a time that is not finite or runs backwards, a count out of range.
+    """
     if type(a) is not list or len(a) != len(FIELDS):
         raise ValueError(f"a span must be an array of {len(FIELDS)} fields")
     _count(a[0], "pid", MAX_PID, optional=False)
-    if not _str(a[1], "model", MAX_STR, optional=False):
+    model = cleaner.text(a[1], "model", MAX_STR, optional=False)
+    if not model:
         raise ValueError("empty model")
     t0 = _time(a[2], "t0")
     t1 = _time(a[3], "t1")
@@ -149,17 +192,27 @@ def _check_span(a: Any) -> None:
     _count(a[4], "items", optional=False)
     _count(a[5], "tokens_in")
     _count(a[6], "tokens_out")
-    _str(a[7], "request_id", MAX_STR)
-    _str(a[8], "tenant", MAX_STR)
-    _tags(a[9])
-    _str(a[10], "framework", MAX_SHORT)
-    _str(a[11], "device", MAX_SHORT)
-    _str(a[12], "dtype", MAX_SHORT)
-    _count(a[13], "parameters")
+    _count(a[13], "parameters", MAX_PARAMETERS)
+    return [
+        a[0],
+        model,
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        a[6],
+        cleaner.text(a[7], "request_id", MAX_STR),
+        cleaner.text(a[8], "tenant", MAX_STR),
+        cleaner.tags(a[9]),
+        cleaner.text(a[10], "framework", MAX_NAME),
+        cleaner.text(a[11], "device", MAX_SHORT),
+        cleaner.text(a[12], "dtype", MAX_NAME),
+        a[13],
+    ]
 
 
 def _span(a: list[Any], pid: int | None) -> Span:
-    """The Span of a checked array; ``pid`` replaces the payload's."""
+    """The Span of a cleaned array; ``pid`` replaces the payload's."""
     return Span(
         a[0] if pid is None else pid,
         a[1],
@@ -212,7 +265,9 @@ def span_to_wire(span: Span) -> bytes:
     """One span's array as JSON bytes; ValueError if the agent would refuse it.
 
     Numbers from numpy and str subclasses are converted, not refused: the
-    instrumentation hands over what the runtime gave it.
+    instrumentation hands over what the runtime gave it. Strings are cleaned
+    as ``decode`` cleans them (replaced, cut), so the agent stores what the
+    application would see decoded here, and counts no change of its own.
     """
     tags = span.tags
     a = [
@@ -231,9 +286,7 @@ def span_to_wire(span: Span) -> bytes:
         _as_str(span.dtype),
         _as_count(span.parameters),
     ]
-    _check_span(a)
-    # A lone surrogate raises UnicodeEncodeError, a ValueError.
-    return _ENCODER.encode(a).encode("utf-8")
+    return _ENCODER.encode(_clean_span(a, _Cleaner())).encode("utf-8")
 
 
 def pack(fragments: Sequence[bytes], dropped: int, start: int = 0) -> tuple[bytes, int]:
@@ -242,7 +295,7 @@ def pack(fragments: Sequence[bytes], dropped: int, start: int = 0) -> tuple[byte
     Returns the datagram and how many fragments it holds. With no fragments
     left it still returns a datagram: one that only reports ``dropped``.
     """
-    if type(dropped) is not int or not 0 <= dropped <= MAX_COUNT:
+    if type(dropped) is not int or not 0 <= dropped <= MAX_DROPPED:
         raise ValueError(f"dropped out of range: {dropped!r}")
     budget = MAX_DATAGRAM - _OVERHEAD
     end = start
@@ -264,7 +317,7 @@ def encode_batch(spans: Iterable[Span], dropped: int = 0) -> list[bytes]:
 
     No spans and nothing dropped is no datagram at all. Raises ValueError on a
     span the receiver would refuse (the emitter encodes span by span instead,
-    to drop and count only the bad one).
+    to drop and count only the bad one); strings are cleaned, not refused.
     """
     fragments = [span_to_wire(s) for s in spans]
     out: list[bytes] = []
@@ -290,11 +343,24 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def decode_batch(data: bytes, pid: int | None = None) -> tuple[list[Span], int]:
-    """(spans, dropped) from one datagram, or ValueError saying what is wrong.
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one datagram holds, as the agent takes it."""
 
-    ``pid``, when given, is stored on every span instead of the payload's
-    (the receiver passes the sender's kernel-verified pid).
+    spans: list[Span]
+    dropped: int  # what the sender says it dropped before this datagram
+    changed: int  # strings of the accepted spans replaced or cut to fit the store
+    refused: tuple[str, ...]  # why each refused span was refused
+
+
+def decode(data: bytes, pid: int | None = None) -> Decoded:
+    """The spans of one datagram, each cleaned or refused on its own.
+
+    A bad frame (not JSON, wrong keys, version, too many spans) raises
+    ValueError saying what is wrong; a span that cannot be fixed is left out
+    with its reason in ``refused``, so it costs no other span of its
+    datagram. ``pid``, when given, is stored on every span instead of the
+    payload's (the receiver passes the sender's kernel-verified pid).
     """
     if len(data) > MAX_DATAGRAM:
         raise ValueError(f"datagram of {len(data)} bytes is over {MAX_DATAGRAM}")
@@ -310,14 +376,35 @@ def decode_batch(data: bytes, pid: int | None = None) -> tuple[list[Span], int]:
         raise ValueError('a datagram must be an object with exactly "v", "d" and "s"')
     if type(doc["v"]) is not int or doc["v"] != VERSION:
         raise ValueError(f"unsupported version {doc['v']!r}")
-    dropped = _count(doc["d"], "dropped", optional=False)
+    dropped = _count(doc["d"], "dropped", MAX_DROPPED, optional=False)
+    assert dropped is not None
     items = doc["s"]
     if type(items) is not list:
         raise ValueError('"s" must be an array')
     if len(items) > MAX_SPANS:
         raise ValueError(f"more than {MAX_SPANS} spans")
+    spans: list[Span] = []
+    refused: list[str] = []
+    changed = 0
     for a in items:
-        _check_span(a)
-    spans = [_span(a, pid) for a in items]
-    assert dropped is not None
-    return spans, dropped
+        cleaner = _Cleaner()
+        try:
+            cleaned = _clean_span(a, cleaner)
+        except ValueError as e:
+            refused.append(str(e))
+            continue
+        changed += cleaner.changed
+        spans.append(_span(cleaned, pid))
+    return Decoded(spans, dropped, changed, tuple(refused))
+
+
+def decode_batch(data: bytes, pid: int | None = None) -> tuple[list[Span], int]:
+    """(spans, dropped) from one datagram, or ValueError if any part is refused.
+
+    The strict form of ``decode``, for what must round-trip whole (the SDK's
+    own datagrams, tests); strings are still cleaned, not refused.
+    """
+    decoded = decode(data, pid)
+    if decoded.refused:
+        raise ValueError(decoded.refused[0])
+    return decoded.spans, decoded.dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from infermeter import wire
 from infermeter.records import Span
 from infermeter.wire import (
     MAX_DATAGRAM,
+    MAX_NAME,
     MAX_SHORT,
     MAX_SPANS,
     MAX_STR,
@@ -117,14 +119,14 @@ def test_the_largest_valid_span_fits_one_datagram() -> None:
         request_id=worst,
         tenant=worst,
         tags={"\x01" * (MAX_SHORT - 2) + f"{i:02}": worst for i in range(MAX_TAGS)},
-        framework="\x01" * MAX_SHORT,
+        framework="\x01" * MAX_NAME,
         device="\x01" * MAX_SHORT,
-        dtype="\x01" * MAX_SHORT,
-        parameters=wire.MAX_COUNT,
+        dtype="\x01" * MAX_NAME,
+        parameters=wire.MAX_PARAMETERS,
     )
-    data = _one(encode_batch([span], dropped=wire.MAX_COUNT))
+    data = _one(encode_batch([span], dropped=wire.MAX_DROPPED))
     assert len(data) <= MAX_DATAGRAM
-    assert decode_batch(data) == ([span], wire.MAX_COUNT)
+    assert decode_batch(data) == ([span], wire.MAX_DROPPED)
 
 
 def test_numpy_numbers_and_str_subclasses_are_converted_not_refused() -> None:
@@ -148,7 +150,6 @@ def test_numpy_numbers_and_str_subclasses_are_converted_not_refused() -> None:
         (Span(pid=1, model="m", t0=math.nan, t1=1.0), "finite"),
         (Span(pid=1, model="m", t0=1.0, t1=math.inf), "finite"),
         (Span(pid=1, model="", t0=1.0, t1=1.0), "empty model"),
-        (Span(pid=1, model="m" * (MAX_STR + 1), t0=1.0, t1=1.0), "longer than"),
         (Span(pid=1, model="m", t0=1.0, t1=1.0, items=1.5), "items"),  # type: ignore[arg-type]
         (Span(pid=1, model="m", t0=1.0, t1=1.0, items=True), "items"),
         (Span(pid=1, model="m", t0=1.0, t1=1.0, tokens_in=-1), "tokens_in"),
@@ -158,7 +159,10 @@ def test_numpy_numbers_and_str_subclasses_are_converted_not_refused() -> None:
             Span(pid=1, model="m", t0=1.0, t1=1.0, tags={str(i): "v" for i in range(MAX_TAGS + 1)}),
             "tags",
         ),
-        (Span(pid=1, model="\ud800", t0=1.0, t1=1.0), "surrogate"),
+        # The store's INTEGER holds 2**31 - 1 items; a sum of 2**63 - 1 overflows any.
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, items=2**63 - 1), "items out of range"),
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, tokens_out=2**31), "tokens_out out of range"),
+        (Span(pid=1, model="m", t0=1.0, t1=1.0, parameters=2**53), "parameters out of range"),
     ],
 )
 def test_encode_refuses_what_the_agent_would_refuse(span: Span, reason: str) -> None:
@@ -168,6 +172,78 @@ def test_encode_refuses_what_the_agent_would_refuse(span: Span, reason: str) -> 
 
 def _raw(doc: object) -> bytes:
     return json.dumps(doc).encode()
+
+
+# ----- strings made to fit the store (issue 10, case 1) ----------------------------
+
+
+def _crafted(*spans: list[object]) -> bytes:
+    """A datagram as a hostile or buggy sender writes it: json.dumps escapes
+    a lone surrogate as the six characters \\ud800, which the SDK never sends."""
+    return json.dumps({"v": 1, "d": 0, "s": list(spans)}).encode()
+
+
+def test_decode_replaces_and_cuts_what_the_store_cannot_hold_and_counts_it() -> None:
+    long = "t" * 256  # the wire allowed 256, the columns are VARCHAR(255)
+    bad = [
+        7,
+        "m\ud800",
+        1.0,
+        2.0,
+        1,
+        None,
+        None,
+        "r\x00q",
+        long,
+        {"k\x00": "v\udfff"},
+        "f" * 40,
+        None,
+        "bf16",
+        None,
+    ]
+    decoded = wire.decode(_crafted(bad, GOOD))
+    a, b = decoded.spans
+    assert (a.model, a.request_id, a.tenant) == ("m\ufffd", "r\ufffdq", "t" * MAX_STR)
+    assert dict(a.tags) == {"k\ufffd": "v\ufffd"}
+    assert a.framework == "f" * MAX_NAME and a.dtype == "bf16"
+    # model, request_id, tenant, tag key, tag value, framework: six strings changed.
+    assert decoded.changed == 6 and decoded.refused == ()
+    assert b == Span(pid=1, model="m", t0=1.0, t1=2.0)
+
+
+def test_the_sdk_sends_what_the_agent_would_store() -> None:
+    span = Span(
+        pid=1,
+        model="x\ud83d",  # half of an emoji: a lone surrogate
+        t0=1.0,
+        t1=2.0,
+        request_id="r" * 300,
+        tenant="acme\x00",
+        tags={"k": "v" * 300},
+        dtype="d" * 33,
+    )
+    (back,), _ = decode_batch(_one(encode_batch([span])))
+    assert back == Span(
+        pid=1,
+        model="x\ufffd",
+        t0=1.0,
+        t1=2.0,
+        request_id="r" * MAX_STR,
+        tenant="acme\ufffd",
+        tags={"k": "v" * MAX_STR},
+        dtype="d" * MAX_NAME,
+    )
+    # What the SDK sends is already clean: the agent changes nothing more.
+    assert wire.decode(_one(encode_batch([span]))).changed == 0
+
+
+def test_a_span_out_of_range_is_refused_alone() -> None:
+    huge = [*GOOD[:4], 2**63 - 1, *GOOD[5:]]
+    decoded = wire.decode(_crafted(GOOD, huge, [*GOOD[:4], 2, *GOOD[5:]]))
+    assert [s.items for s in decoded.spans] == [1, 2]
+    assert decoded.refused == ("items out of range 0..2147483647: 9223372036854775807",)
+    with pytest.raises(ValueError, match="items out of range"):
+        decode_batch(_crafted(GOOD, huge))  # the strict form refuses the datagram
 
 
 GOOD = [1, "m", 1.0, 2.0, 1, None, None, None, None, {}, None, None, None, None]
@@ -244,12 +320,40 @@ def spans(draw: st.DrawFn) -> Span:
     )
 
 
+def _stored(span: Span) -> Span:
+    """What the store keeps of a span, written out apart from wire's code:
+    NUL and lone surrogates replaced (one character for one), then cut."""
+
+    def fix(text: str | None, limit: int) -> str | None:
+        if text is None:
+            return None
+        return "".join(
+            "\ufffd" if ch == "\x00" or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text
+        )[:limit]
+
+    tags: dict[str, str] = {}
+    for k, v in span.tags.items():
+        key = fix(k, MAX_SHORT)
+        assert key is not None
+        tags[key] = fix(v, MAX_STR) or ""
+    return dataclasses.replace(
+        span,
+        model=fix(span.model, MAX_STR) or "",
+        request_id=fix(span.request_id, MAX_STR),
+        tenant=fix(span.tenant, MAX_STR),
+        tags=tags,
+        framework=fix(span.framework, MAX_NAME),
+        device=fix(span.device, MAX_SHORT),
+        dtype=fix(span.dtype, MAX_NAME),
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(spans(), max_size=30), _count)
 def test_decode_inverts_encode(batch: list[Span], dropped: int) -> None:
     datagrams = encode_batch(batch, dropped)
     decoded = [decode_batch(d) for d in datagrams]
-    assert [s for b, _ in decoded for s in b] == batch
+    assert [s for b, _ in decoded for s in b] == [_stored(s) for s in batch]
     assert sum(d for _, d in decoded) == dropped
     assert all(len(d) <= MAX_DATAGRAM for d in datagrams)
 
@@ -278,8 +382,51 @@ def test_random_json_raises_nothing_but_value_error(junk: object, arrays: list[o
             spans, _ = decode_batch(json.dumps(doc).encode())
         except ValueError:
             continue
-        for s in spans:  # whatever passes is a sane span
+        for s in spans:  # whatever passes is a sane span the store can hold
             assert math.isfinite(s.t0) and s.t1 >= s.t0 >= 0 and s.model
+            _assert_storable(s)
+
+
+def _assert_storable(s: Span) -> None:
+    for text, limit in [
+        (s.model, MAX_STR),
+        (s.request_id, MAX_STR),
+        (s.tenant, MAX_STR),
+        (s.framework, MAX_NAME),
+        (s.dtype, MAX_NAME),
+        (s.device, MAX_SHORT),
+        *((k, MAX_SHORT) for k in s.tags),
+        *((v, MAX_STR) for v in s.tags.values()),
+    ]:
+        if text is not None:
+            assert len(text) <= limit
+            text.encode("utf-8")  # no lone surrogate
+            assert "\x00" not in text
+    for count in (s.items, s.tokens_in, s.tokens_out):
+        assert count is None or 0 <= count <= wire.MAX_COUNT
+
+
+# Any code point, lone surrogates included, in strings up to twice the limit.
+_any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=2 * MAX_STR)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_any_text, _any_text, _any_text, st.dictionaries(_any_text, _any_text, max_size=3))
+def test_any_string_comes_out_storable_and_as_written_out(
+    model: str, tenant: str, request_id: str, tags: dict[str, str]
+) -> None:
+    doc = [1, model, 1.0, 2.0, 1, None, None, request_id, tenant, tags, None, None, None, None]
+    try:
+        decoded = wire.decode(json.dumps({"v": 1, "d": 0, "s": [doc]}).encode())
+    except ValueError:  # over the datagram size: refused as a whole
+        return
+    if not model or "" in tags:
+        assert decoded.refused and not decoded.spans
+        return
+    (got,) = decoded.spans
+    _assert_storable(got)
+    raw = Span(1, model, 1.0, 2.0, 1, None, None, request_id, tenant, tags)
+    assert got == _stored(raw)
 
 
 def test_default_socket_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,6 +73,7 @@ COMMAND_MODULES = {
     "reprice": "reprice",
     "run": "run",
     "sql": "sql_cmd",
+    "status": "status",
     "top": "top",
 }
 

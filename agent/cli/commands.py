@@ -14,6 +14,7 @@ from infermeter.cli import (  # noqa: F401
     reprice,
     run,
     sql_cmd,
+    status,
     top,
     trace,
 )

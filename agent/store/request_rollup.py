@@ -32,11 +32,23 @@ the point on (a few minutes at most while the agent runs). ``DAILY_KEY``
 is the same point for request_daily; a store upgraded from before that
 table lacks it until the agent's next rollup has backfilled every day, and
 the report reads hours meanwhile.
+
+No data can wedge the rollups. A raw call whose items or tokens are out of
+the range a span may carry (wire.MAX_COUNT: an older agent's, a replayed
+trace's) is moved to the quarantine table before its hour is summed, so no
+sum overflows. If a run still fails for its data, ``rollup_store`` rolls
+the hours up one by one; an hour that fails on its own is recorded (a
+quarantine row of source ``rollup``, and the hour in the agent state
+``FAILED_KEY``) and the completion point moves on. Each later run tries the
+failed hours again, and retention keeps their raw rows (Store.prune) until
+one succeeds. Only a database that is away keeps the point where it was.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,10 +62,13 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
+    union,
 )
 
 from infermeter.store import schema
+from infermeter.store.quarantine import database_away, one_line, quarantine
 from infermeter.store.request_sql import (
     GRAINS,
     HOUR_S,
@@ -61,16 +76,21 @@ from infermeter.store.request_sql import (
     RequestTotals,
     hour_floor,
     hour_sql,
+    no_index,
     raw_request_totals,
 )
+from infermeter.wire import MAX_COUNT
 
 if TYPE_CHECKING:  # the report reads these tables without loading the writer
     from infermeter.store.writer import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COMPLETE_KEY",
     "DAILY_KEY",
     "DAY_S",
+    "FAILED_KEY",
     "GRAINS",
     "HOUR_S",
     "RequestTotals",
@@ -85,6 +105,7 @@ __all__ = [
 
 COMPLETE_KEY = "report_rollups_complete_until"
 DAILY_KEY = "report_daily_complete_until"
+FAILED_KEY = "rollup_failed_hours"  # hours (start, UTC s) whose rollup failed, not retried OK yet
 DAY_S = 86400.0
 
 
@@ -135,8 +156,11 @@ def refresh(conn: Connection, host_id: int, since: float, until: float) -> Refre
     Everything is read first and written last: on SQLite the write lock is
     taken only by the short delete-and-insert at the end, so the agent's
     flushes never wait behind the reads (which WAL lets run beside them).
+    The one exception is rare: raw calls with counts out of range are moved
+    to quarantine first (set_aside_bad_calls), so that no sum overflows.
     """
     first_hour = hour_floor(since)
+    set_aside_bad_calls(conn, host_id, first_hour, until)
     dialect = conn.dialect.name
     w = schema.device_windows.c
     devices = [
@@ -174,6 +198,55 @@ def refresh(conn: Connection, host_id: int, since: float, until: float) -> Refre
             conn.execute(insert(table), chunk)
     days = refresh_days(conn, host_id, since, until)
     return RefreshResult(len(requests) + days, len(devices), len(bases))
+
+
+_COUNTS = ("items", "tokens_in", "tokens_out")
+
+
+def bad_calls_select(host_id: int, since: float, until: float) -> Select[Any]:
+    """The raw calls of ``host_id`` in [since, until) with a count out of 0..MAX_COUNT.
+
+    Bounded by the t0 index (no_index keeps SQLite off the target's key).
+    """
+    r = schema.requests.c
+    t = schema.targets.c
+    counts = [func.coalesce(r[name], 0) for name in _COUNTS]
+    out_of_range = or_(*(c < 0 for c in counts), *(c > MAX_COUNT for c in counts))
+    return (
+        select(schema.requests)
+        .join(schema.targets, t.id == no_index(r.target_id))
+        .where(t.host_id == host_id, r.t0 >= since, r.t0 < until, out_of_range)
+    )
+
+
+def set_aside_bad_calls(conn: Connection, host_id: int, since: float, until: float) -> int:
+    """Move the raw calls of [since, until) whose counts are out of range to quarantine.
+
+    The wire refuses a span with more than ``MAX_COUNT`` items or tokens, but
+    a store written before that may hold one, and two of them overflow
+    SQLite's 64-bit sum ("integer overflow"), so the hour could never be
+    rolled up. Such a call is no measurement: it leaves ``requests`` (so the
+    report's raw reads cannot overflow either) and is kept whole, every
+    column, in ``quarantine`` with the reason. Usually a read that finds
+    nothing; it writes only when it finds one.
+    """
+    rows = conn.execute(bad_calls_select(host_id, since, until)).all()
+    if not rows:
+        return 0
+    now = time.time()
+    for row in rows:
+        m = dict(row._mapping)
+        wrong = [f"{k} {m[k]}" for k in _COUNTS if m[k] is not None and not 0 <= m[k] <= MAX_COUNT]
+        reason = f"{', '.join(wrong)} out of range 0..{MAX_COUNT}: no sum can hold it"
+        quarantine(conn, host_id, now, "call", reason, m)
+    r = schema.requests.c
+    conn.execute(delete(schema.requests).where(r.id.in_([row.id for row in rows])))
+    log.warning(
+        "%d stored calls with counts out of range moved to quarantine (first: %s)",
+        len(rows),
+        reason,
+    )
+    return len(rows)
 
 
 def refresh_days(conn: Connection, host_id: int, since: float, until: float) -> int:
@@ -286,16 +359,119 @@ def rollup_store(store: Store, since: float, until: float) -> int:
     from ``until`` on are left out, so the last hour's rollup rows cover
     exactly [hour, until) and the report reads only what follows from the
     raw tables.
+
+    A run that fails for its data is done again hour by hour; the hours
+    that fail alone are recorded and passed (see the module docstring), and
+    the hours that failed before are tried again. Returns the rows written.
     """
     first_run = store.get_state(COMPLETE_KEY) is None
     no_days = store.get_state(DAILY_KEY) is None
     since = 0.0 if first_run else since
-    rows = store.rollup(since, until)
-    with store.engine.begin() as conn:
-        host_id = store.host_id(conn, until)
-        result = refresh(conn, host_id, since, until)
-        if no_days and not first_run:  # a store from before request_daily: every day
-            rows += refresh_days(conn, host_id, 0.0, until)
+    failed_before = {float(h) for h in store.get_state(FAILED_KEY) or []}
+    failed = set(failed_before)
+    first_hour = hour_floor(since)
+    try:
+        rows = _roll(store, since, until)
+        failed -= {h for h in failed if first_hour <= h < until}
+    except Exception as e:
+        if database_away(e):
+            raise
+        log.warning(
+            "rollup of %s to %s failed (%s): rolling it up hour by hour",
+            _utc(since),
+            _utc(until),
+            one_line(e),
+        )
+        rows = 0
+        for hour in _hours_with_rows(store, first_hour, until):
+            rows += _roll_hour(store, hour, min(hour + HOUR_S, until), failed)
+    for hour in sorted(failed_before):
+        if hour < first_hour:  # an hour that failed in an earlier run: again
+            rows += _roll_hour(store, hour, hour + HOUR_S, failed)
+    if no_days and not first_run:  # a store from before request_daily: every day
+        try:
+            with store.engine.begin() as conn:
+                rows += refresh_days(conn, store.host_id(conn, until), 0.0, until)
+        except Exception as e:
+            if database_away(e):
+                raise
+            _record_failure(store, "days", 0.0, until, e)
+    if failed != failed_before:
+        store.set_state(FAILED_KEY, sorted(failed))
     store.set_state(COMPLETE_KEY, until)
     store.set_state(DAILY_KEY, until)
+    return rows
+
+
+def _roll(store: Store, since: float, until: float) -> int:
+    """Every rollup of the hours touching [since, until); rows written."""
+    rows = store.rollup(since, until)
+    with store.engine.begin() as conn:
+        result = refresh(conn, store.host_id(conn, until), since, until)
     return rows + result.request_rows + result.device_rows + result.basis_rows
+
+
+def _roll_hour(store: Store, hour: float, until: float, failed: set[float]) -> int:
+    """One hour's rollups; a failure for its data is recorded in ``failed`` and quarantine."""
+    try:
+        rows = _roll(store, hour, until)
+    except Exception as e:
+        if database_away(e):
+            raise
+        if hour not in failed:
+            log.warning(
+                "rollup of the hour %s failed (%s): recorded in quarantine and passed; "
+                "its raw rows are kept until a later rollup of it succeeds",
+                _utc(hour),
+                one_line(e),
+            )
+        failed.add(hour)
+        _record_failure(store, "hour", hour, until, e)
+        return 0
+    if hour in failed:
+        log.info("rollup of the hour %s, which had failed, succeeded", _utc(hour))
+        failed.discard(hour)
+    return rows
+
+
+def _record_failure(store: Store, what: str, start: float, until: float, error: Exception) -> None:
+    with store.engine.begin() as conn:
+        host_id = store.host_id(conn, until)
+        payload = {what: start, "host": store.host} if what == "hour" else {what: [start, until]}
+        quarantine(conn, host_id, time.time(), "rollup", one_line(error), payload)
+
+
+def _hours_with_rows(store: Store, first_hour: float, until: float) -> list[float]:
+    """The hours in [first_hour, until) that hold raw or rollup rows of this host."""
+    with store.engine.connect() as conn:
+        host_id = store.host_id(conn, until)
+        dialect = conn.dialect.name
+        r = schema.requests.c
+        t = schema.targets.c
+        parts: list[Select[Any]] = [
+            select(hour_sql(table.c.t0, dialect).label("hour")).where(
+                table.c.host_id == host_id, table.c.t0 >= first_hour, table.c.t0 < until
+            )
+            for table in (schema.usage_shares, schema.device_windows)
+        ]
+        parts.append(
+            select(hour_sql(r.t0, dialect).label("hour"))
+            .select_from(schema.requests.join(schema.targets, t.id == no_index(r.target_id)))
+            .where(t.host_id == host_id, r.t0 >= first_hour, r.t0 < until)
+        )
+        parts.extend(
+            select(table.c.hour).where(
+                table.c.host_id == host_id, table.c.hour >= first_hour, table.c.hour < until
+            )
+            for table in (
+                schema.usage_hourly,
+                schema.request_hourly,
+                schema.device_hourly,
+                schema.usage_basis_hourly,
+            )
+        )
+        return sorted({float(h) for h in conn.execute(union(*parts)).scalars()})
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))

@@ -4,17 +4,26 @@ A flush may be retried after a failure that happened after the commit (a
 lost connection, a killed agent that replays its buffer): rows already
 stored are skipped on their natural key, so nothing counts twice. Hosts,
 devices, targets and models are created on first sight and their ids cached.
+
+When the database refuses a flush because of what is in it (a value too
+long or out of range, a string it cannot encode: ``refused_by_data``), as
+opposed to being away, the flush is written again in halves, and halves of
+the halves, until every row it takes is written and each row it refuses
+stands alone; that row goes to the ``quarantine`` table with the
+database's one-line reason and is logged. One bad row never costs the
+others, and a flush that is retried whole later skips what was written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -35,7 +44,14 @@ from infermeter.store.models import (
     UsageHourly,
     UsageShare,
 )
+from infermeter.store.quarantine import as_json, one_line, quarantine, refused_by_data
 from infermeter.windows import DeviceWindowRecord
+
+log = logging.getLogger(__name__)
+
+# Failed rollup hours (request_rollup.FAILED_KEY) beyond this many are kept
+# as one span from the oldest: the retention query stays short.
+_MAX_HOURS_KEPT_ONE_BY_ONE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,48 @@ def insert_ignoring_duplicates(
                     conn.execute(insert(table), row)
             except IntegrityError:
                 pass
+
+
+# What a flush holds, item by item: ("share" | "call" | "window", index).
+_Item = tuple[str, int]
+
+
+def _part(batch: FlushBatch, items: Sequence[_Item]) -> FlushBatch:
+    """The flush of ``items`` only, with the identities and prices they need."""
+    shares = [i for kind, i in items if kind == "share"]
+    calls = [i for kind, i in items if kind == "call"]
+    windows = [i for kind, i in items if kind == "window"]
+    part_shares = [batch.shares[i] for i in shares]
+    part_calls = [batch.calls[i] for i in calls]
+    part_windows = [batch.windows[i] for i in windows]
+    uids = {s.device_uid for s in part_shares} | {w.device_uid for w in part_windows}
+    keys = {s.target for s in part_shares if s.target is not None}
+    keys.update(c.target for c in part_calls)
+    share_prices = [batch.share_prices[i] for i in shares] if batch.share_prices else []
+    call_prices = [batch.call_prices[i] for i in calls] if batch.call_prices else []
+    return FlushBatch(
+        shares=part_shares,
+        devices=[d for d in batch.devices if d.uid in uids],
+        targets=[t for t in batch.targets if t.key in keys],
+        now=batch.now,
+        baselines={u: b for u, b in batch.baselines.items() if u in uids},
+        calls=part_calls,
+        windows=part_windows,
+        card=batch.card if share_prices or call_prices else None,
+        share_prices=share_prices,
+        call_prices=call_prices,
+    )
+
+
+def _item_payload(batch: FlushBatch, item: _Item) -> dict[str, Any]:
+    kind, i = item
+    if kind == "share":
+        price = batch.share_prices[i] if batch.share_prices else None
+        return {"share": batch.shares[i], "price": price}
+    if kind == "call":
+        price = batch.call_prices[i] if batch.call_prices else None
+        return {"call": batch.calls[i], "price": price}
+    return {"window": batch.windows[i]}
 
 
 def _price_columns(prices: Sequence[Price], i: int, card_id: int | None) -> dict[str, Any]:
@@ -225,13 +283,84 @@ class Store:
     # ----- the flush --------------------------------------------------------
 
     def write_flush(self, batch: FlushBatch) -> int:
-        """Store one flush in one transaction; returns the shares written."""
+        """Store one flush in one transaction; returns the shares written.
+
+        If the database refuses it for its data, it is written in parts and
+        the rows it refuses are quarantined (see the module docstring). Any
+        other failure (the database away) is raised, and nothing is written.
+        """
+        try:
+            return self._write_once(batch)
+        except Exception as e:
+            if not refused_by_data(e):
+                raise
+            log.warning(
+                "the store refused a flush of %d shares and %d calls (%s): "
+                "writing it in parts, to set the refused rows aside",
+                len(batch.shares),
+                len(batch.calls),
+                one_line(e),
+            )
+            first = e
+        items: list[_Item] = [
+            *(("share", i) for i in range(len(batch.shares))),
+            *(("call", i) for i in range(len(batch.calls))),
+            *(("window", i) for i in range(len(batch.windows))),
+        ]
+        return self._write_parts(batch, items, first)
+
+    def _write_once(self, batch: FlushBatch) -> int:
         try:
             with self.engine.begin() as conn:
                 return self._write(conn, batch)
         except BaseException:
             self._forget_ids()
             raise
+
+    def _write_parts(self, batch: FlushBatch, items: list[_Item], first: Exception) -> int:
+        """Bisect ``items`` (which failed together) until each refused one stands alone.
+
+        Each part that the database takes is one transaction. With k refused
+        rows among n, that is about 2 k log2(n) tries.
+        """
+        written = 0
+        failed: list[tuple[list[_Item], Exception]] = [(items, first)]
+        while failed:
+            part, error = failed.pop()
+            if len(part) <= 1:
+                self._set_aside(batch, part, error)
+                continue
+            mid = len(part) // 2
+            for half in (part[:mid], part[mid:]):
+                try:
+                    written += self._write_once(_part(batch, half))
+                except Exception as e:
+                    if not refused_by_data(e):
+                        raise
+                    failed.append((half, e))
+        return written
+
+    def _set_aside(self, batch: FlushBatch, part: Sequence[_Item], error: Exception) -> None:
+        """Quarantine the one item the database refused (or the flush's identities)."""
+        reason = one_line(error)
+        if part:
+            source = part[0][0]
+            payload: Any = _item_payload(batch, part[0])
+        else:  # no rows at all: the devices or targets themselves were refused
+            source = "flush"
+            payload = {"devices": batch.devices, "targets": batch.targets}
+        log.warning("the store refused a %s (%s): set aside in quarantine", source, reason)
+        try:
+            with self.engine.begin() as conn:
+                host_id = conn.execute(
+                    select(Host.id).where(Host.name == self.host)
+                ).scalar_one_or_none()
+                quarantine(conn, host_id, batch.now, source, reason, payload)
+        except Exception as e:
+            if not refused_by_data(e):
+                raise  # away: the flush is kept and tried again
+            # Even the quarantine refused it: the log is the last place it can go.
+            log.error("quarantine refused a %s too (%s): %s", source, one_line(e), as_json(payload))
 
     def _write(self, conn: Connection, batch: FlushBatch) -> int:
         now = batch.now
@@ -448,12 +577,37 @@ class Store:
             return len(rows)
 
     def prune(self, before: float) -> int:
-        """Delete raw shares older than ``before``; their hourly rollups stay."""
+        """Delete raw shares older than ``before`` whose hour is rolled up; the rollups stay.
+
+        Only shares that start before the rollups' completion point
+        (request_rollup.COMPLETE_KEY) are rolled up, and none of an hour
+        whose rollup failed (request_rollup.FAILED_KEY) until a later one
+        succeeds: those are kept whatever their age, since deleting them
+        would lose their energy for good. With no rollup yet, nothing goes.
+        """
+        from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY, HOUR_S
+
         with self.engine.begin() as conn:
             host_id = self.host_id(conn, before)
-            result = conn.execute(
-                delete(UsageShare).where(UsageShare.host_id == host_id, UsageShare.t1 <= before)
+            state = dict(
+                conn.execute(
+                    select(AgentState.key, AgentState.value).where(
+                        AgentState.host_id == host_id,
+                        AgentState.key.in_([COMPLETE_KEY, FAILED_KEY]),
+                    )
+                ).all()
             )
+            if COMPLETE_KEY not in state:
+                return 0
+            complete = float(json.loads(state[COMPLETE_KEY]))
+            failed = sorted(float(h) for h in json.loads(state.get(FAILED_KEY) or "[]"))
+            s = UsageShare
+            where = [s.host_id == host_id, s.t1 <= before, s.t0 < complete]
+            if len(failed) > _MAX_HOURS_KEPT_ONE_BY_ONE:
+                where.append(s.t0 < failed[0])
+            else:
+                where.extend(not_(and_(s.t0 >= h, s.t0 < h + HOUR_S)) for h in failed)
+            result = conn.execute(delete(UsageShare).where(*where))
             return int(result.rowcount or 0)
 
     # ----- small persistent facts ------------------------------------------
