@@ -39,10 +39,12 @@ is retried after the store was away writes the same keys again.
 A second call can arrive long after the first was written (its call was
 longer), so the keys of written calls are remembered too, for as long as
 a span with that ``t0`` could still pass the door (``horizon_s`` behind the
-cutoff), and at most ``max_spans`` of them: when there are more, the oldest
-written are forgotten first and the door's floor rises to their ``t0``, so
-a key that was forgotten is refused as ``too_old`` rather than numbered
-again from 0 (which would overwrite the stored call). The remembered keys
+cutoff), and at most ``max_spans`` of them besides the keys of held spans:
+when there are more, the oldest written are forgotten first and the door's
+floor rises to their ``t0``, so a key that was forgotten is refused as
+``too_old`` rather than numbered again from 0 (which would overwrite the
+stored call). At most ``2 * max_spans`` keys are thus in memory (about 150
+bytes each), next to at most ``max_spans`` held spans. The remembered keys
 are grouped by the flush that completed them; a completed call ends before
 its cutoff, so the floor never rises past a cutoff already passed.
 """
@@ -50,7 +52,6 @@ its cutoff, so the floor never rises past a cutoff already passed.
 from __future__ import annotations
 
 import bisect
-import heapq
 import logging
 import math
 import sys
@@ -123,7 +124,7 @@ class SpanLedger:
         # Per (pid, model, t0): next seq << 1 | _WRITTEN. An entry lives while
         # a span with its key is held or while its key is remembered.
         self._seq: dict[_Key, int] = {}
-        self._held: Counter[_Key] = Counter()
+        self._held: dict[_Key, int] = {}  # held spans per key
         self._done: list[_Key] = []  # completed since the last complete() began
         self._done_t0 = -math.inf
         self._remembered: deque[tuple[float, list[_Key]]] = deque()  # (max t0, keys)
@@ -185,7 +186,7 @@ class SpanLedger:
             value = self._seq.get(key, 0)
             seq = value >> 1
             self._seq[key] = value + 2
-            self._held[key] += 1
+            self._held[key] = self._held.get(key, 0) + 1
             if span.seq != seq:
                 span = replace(span, seq=seq)
             self._open[(*key, seq)] = _Open(span)
@@ -202,23 +203,37 @@ class SpanLedger:
         return accepted
 
     def _shed(self, n: int) -> None:
-        """Drop the ``n`` held spans that end latest (see the module for why)."""
-        victims = heapq.nlargest(n, self._open.values(), key=lambda o: (o.span.t1, o.span.t0))
-        gone: set[_CallKey] = set()
+        """Drop the ``n`` held spans that end latest (see the module for why).
+
+        Among spans ending at the same time the latest arrivals go first.
+        The threshold comes from sorting the ends as plain floats, which is
+        a C loop: a full ledger under a flood sheds on every tick.
+        """
+        cut = sorted([o.span.t1 for o in self._open.values()])[-n]
+        victims = [o for o in self._open.values() if o.span.t1 > cut]
+        need = n - len(victims)
+        if need > 0:
+            for o in reversed(self._open.values()):
+                if o.span.t1 == cut:
+                    victims.append(o)
+                    need -= 1
+                    if not need:
+                        break
+        gone: set[int] = set()
         for call in victims:
             span = call.span
-            ck = _call_key(span)
-            del self._open[ck]
-            gone.add(ck)
+            del self._open[_call_key(span)]
+            gone.add(id(span))
             self._release((span.pid, span.model, span.t0), written=False)
-        for pid in {ck[0] for ck in gone}:
-            keep = [s for s in self._by_pid[pid] if _call_key(s) not in gone]
+        for pid in {o.span.pid for o in victims}:
+            keep = [s for s in self._by_pid[pid] if id(s) not in gone]
             if keep:
                 self._by_pid[pid] = keep
             else:
                 del self._by_pid[pid]
         self.shed_spans += len(victims)
         self.shed_log.note({SHED: len(victims)})
+        self._trim()  # a shed twin of a written call leaves its key remembered
 
     def _release(self, key: _Key, written: bool) -> None:
         """A held span of ``key`` leaves: completed (``written``), or shed/unattributed."""
@@ -302,9 +317,11 @@ class SpanLedger:
         if self._done:
             self._remembered.append((self._done_t0, self._done))
             self._done, self._done_t0 = [], -math.inf
-        too_old = self._cutoff - self.horizon_s
+        self._trim(self._cutoff - self.horizon_s)
+
+    def _trim(self, too_old: float = -math.inf) -> None:
         while self._remembered and (
-            self._remembered[0][0] < too_old or len(self._seq) > self.max_spans
+            self._remembered[0][0] < too_old or self.keys_remembered > self.max_spans
         ):
             max_t0, keys = self._remembered.popleft()
             self._floor = max(self._floor, max_t0)
@@ -333,7 +350,8 @@ class SpanLedger:
 
     @property
     def keys_remembered(self) -> int:
-        return len(self._seq)
+        """Keys of written calls remembered with no span of theirs held."""
+        return len(self._seq) - len(self._held)
 
     def stats(self) -> dict[str, int]:
         """Every count since start; see the module for how they add up."""
@@ -344,7 +362,8 @@ class SpanLedger:
             "unattributed": self.unattributed_calls,
             "shed": self.shed_spans,
             "late": self.late_spans,
-            "keys_remembered": len(self._seq),
+            "keys": len(self._seq),  # in memory for numbering: held and remembered
+            "keys_remembered": self.keys_remembered,
         }
         for reason in REFUSALS:
             out[f"refused_{reason}"] = self.refused[reason]
