@@ -68,7 +68,7 @@ def open_store(config: Config, lock: bool) -> tuple[Store, StoreLock | None]:
         store_lock = StoreLock(path)
         store_lock.acquire()
     try:
-        engine = open_engine(url)
+        engine = open_engine(url, warn_public=lock)
         migrate.check_schema_known(engine)
         if migrate.needs_upgrade(engine):
             before = migrate.current_revision(engine)

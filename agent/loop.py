@@ -19,6 +19,7 @@ from infermeter.attribution import attribute_reading, merge_shares
 from infermeter.baseline import BaselineLearner
 from infermeter.config import Config
 from infermeter.discovery import Discovery
+from infermeter.errors import ConfigError
 from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
 from infermeter.pricing import Price, PriceCard, card_or_none, price_calls, price_shares
@@ -26,6 +27,7 @@ from infermeter.processes import ProcessInfo
 from infermeter.reading_checks import implausible
 from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
 from infermeter.redact import patterns_for
+from infermeter.shedding import ShedLog
 from infermeter.span_ledger import SpanLedger
 from infermeter.store.writer import FlushBatch, Store
 from infermeter.windows import summarise
@@ -66,7 +68,15 @@ class Agent:
         self.card: PriceCard | None = card_or_none(config)
         self.span_sources: list[SpanSource] = list(span_sources or [])
         self._sources_given = span_sources is not None
-        self.ledger = SpanLedger()
+        max_spans = int(config["agent.ledger_max_spans"])
+        horizon_s = float(config["agent.span_horizon_s"])
+        if max_spans < 1:
+            raise ConfigError(f"config key `agent.ledger_max_spans` must be >= 1, not {max_spans}")
+        if not horizon_s > 0 or horizon_s == float("inf"):
+            raise ConfigError(
+                f"config key `agent.span_horizon_s` must be a positive number, not {horizon_s}"
+            )
+        self.ledger = SpanLedger(max_spans=max_spans, horizon_s=horizon_s)
         self.spans_dropped: dict[str, int] = {}
         self._span_lag_s = float(config["agent.span_lag_s"])
         self._lock = threading.Lock()
@@ -74,7 +84,29 @@ class Agent:
         self._pending_readings: deque[Reading] = deque()
         self._unwritten: deque[FlushBatch] = deque()
         self._max_pending = int(config["agent.buffer_max_shares"])
-        self.dropped_shares = 0
+        self._max_calls = int(config["agent.buffer_max_calls"])
+        for key, bound in (
+            ("buffer_max_shares", self._max_pending),
+            ("buffer_max_calls", self._max_calls),
+        ):
+            if bound < 1:
+                raise ConfigError(f"config key `agent.{key}` must be >= 1, not {bound}")
+        # What the bounded buffers shed, since start (shed_counts() has them all).
+        self.dropped_shares = 0  # attributed, never written: pending or in unwritten batches
+        self.dropped_calls = 0  # completed calls in unwritten batches dropped
+        self.dropped_batches = 0
+        self.dropped_readings = 0  # device readings pending their window summary
+        self.buffer_log = ShedLog(
+            log,
+            "agent buffers",
+            {
+                "batches": "unwritten batches dropped, oldest first, while the store is away",
+                "shares": f"shares dropped (bound: {self._max_pending} held)",
+                "calls": f"calls dropped (bound: {self._max_calls} held)",
+                "readings": f"readings dropped (bound: {self._max_pending} held)",
+            },
+            detail=self._held_text,
+        )
         self._store_failing = False
         self._unattributed_told = 0  # the ledger's count already logged
         self.devices: dict[str, Device] = {}
@@ -116,7 +148,7 @@ class Agent:
     def tick(self, now: float | None = None) -> list[Share]:
         """Discover, read every meter, attribute; keep the shares for the flush."""
         now = time.time() if now is None else now
-        self._receive_spans()
+        self._receive_spans(now)
         targets = dict(self._targets(now))
         readings: list[Reading] = []
         for meter in self.meters:
@@ -161,8 +193,13 @@ class Agent:
                 )
         return kept
 
-    def _receive_spans(self) -> None:
-        """Drain the span sources; a process that sends spans announces itself."""
+    def _receive_spans(self, now: float) -> None:
+        """Drain the span sources; a process that sends spans announces itself.
+
+        The ledger refuses, at the door, spans outside its window around
+        ``now`` and counts them; the pid of a refused span is still the
+        kernel's word that the process exists, so it still announces it.
+        """
         for source in self.span_sources:
             try:
                 spans = source.drain()
@@ -170,7 +207,7 @@ class Agent:
                 log.exception("span source %s failed", source.name)
                 continue
             with self._lock:
-                self.ledger.add(spans)
+                self.ledger.add(spans, now)
             for pid in {s.pid for s in spans}:
                 if pid not in self.discovery.targets:
                     self.discovery.announce(pid, {})
@@ -193,10 +230,14 @@ class Agent:
             )
             self.spans_dropped[source.name] = dropped
 
-    def add_spans(self, spans: Iterable[Span]) -> None:
-        """Spans handed over directly (replay, tests) rather than by a source."""
+    def add_spans(self, spans: Iterable[Span], now: float) -> int:
+        """Spans handed over directly (replay, tests) rather than by a source.
+
+        ``now`` is the caller's clock (a replay's is the trace's); returns how
+        many the ledger took.
+        """
         with self._lock:
-            self.ledger.add(spans)
+            return self.ledger.add(spans, now)
 
     def take_batch(self, now: float, final: bool = False) -> FlushBatch:
         """What can be attributed for good now, merged per device window.
@@ -220,6 +261,11 @@ class Agent:
             self._seen_targets = {
                 k: t for k, t in targets.items() if k in still_held or t.pid in waiting
             }
+            if final:  # the agent stops: say what is pending in the shed logs now
+                self.ledger.shed_log.flush()
+                self.buffer_log.flush()
+            else:
+                self.buffer_log.quiet()
         by_device: dict[str, list[Share]] = {}
         for s in pending:
             by_device.setdefault(s.device_uid, []).append(s)
@@ -339,16 +385,70 @@ class Agent:
             self._unattributed_told = count
 
     def _bound_unwritten(self) -> None:
-        while sum(len(b.shares) for b in self._unwritten) > self._max_pending:
-            lost = self._unwritten.popleft()
-            self.dropped_shares += len(lost.shares)
+        """Keep the outage buffer within buffer_max_shares AND buffer_max_calls.
+
+        The oldest batches go first, whole (a batch is one transaction), and
+        what they held is counted and logged once per burst.
+        """
+        shares = sum(len(b.shares) for b in self._unwritten)
+        calls = sum(len(b.calls) for b in self._unwritten)
+        lost = {"batches": 0, "shares": 0, "calls": 0}
+        while self._unwritten and (shares > self._max_pending or calls > self._max_calls):
+            batch = self._unwritten.popleft()
+            shares -= len(batch.shares)
+            calls -= len(batch.calls)
+            lost["batches"] += 1
+            lost["shares"] += len(batch.shares)
+            lost["calls"] += len(batch.calls)
+        self.dropped_batches += lost["batches"]
+        self.dropped_shares += lost["shares"]
+        self.dropped_calls += lost["calls"]
+        self.buffer_log.note(lost)
 
     def _bound_pending(self) -> None:
-        while len(self._pending) > self._max_pending:
+        """Keep the shares and readings waiting for their flush within buffer_max_shares."""
+        shares = max(0, len(self._pending) - self._max_pending)
+        for _ in range(shares):
             self._pending.popleft()
-            self.dropped_shares += 1
-        while len(self._pending_readings) > self._max_pending:
+        readings = max(0, len(self._pending_readings) - self._max_pending)
+        for _ in range(readings):
             self._pending_readings.popleft()
+        self.dropped_shares += shares
+        self.dropped_readings += readings
+        self.buffer_log.note({"shares": shares, "readings": readings})
+
+    def _held_text(self) -> str:
+        shares = sum(len(b.shares) for b in self._unwritten)
+        calls = sum(len(b.calls) for b in self._unwritten)
+        return (
+            f"holding {len(self._unwritten)} unwritten batches "
+            f"({shares} shares, {calls} calls) and {len(self._pending)} pending shares"
+        )
+
+    def shed_counts(self) -> dict[str, int]:
+        """What every bounded structure of this agent refused or shed, and holds now.
+
+        Names: ``spans_*`` the span ledger's (``SpanLedger.stats``),
+        ``buffer_*`` the outage buffer and the pending shares and readings,
+        ``source_<name>_dropped`` what each span source dropped.
+        """
+        with self._lock:
+            out = {f"spans_{k}": v for k, v in self.ledger.stats().items()}
+            pending = len(self._pending)
+        batches = list(self._unwritten)  # one step under the GIL: a consistent copy
+        out.update(
+            buffer_dropped_shares=self.dropped_shares,
+            buffer_dropped_calls=self.dropped_calls,
+            buffer_dropped_batches=self.dropped_batches,
+            buffer_dropped_readings=self.dropped_readings,
+            buffer_held_batches=len(batches),
+            buffer_held_shares=sum(len(b.shares) for b in batches),
+            buffer_held_calls=sum(len(b.calls) for b in batches),
+            pending_shares=pending,
+        )
+        for name, n in self.spans_dropped.items():
+            out[f"source_{name}_dropped"] = n
+        return out
 
     def rollup(self, now: float | None = None, final: bool = False) -> int:
         """Hourly rollups of shares, requests, device busy time and weight basis.

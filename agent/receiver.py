@@ -275,6 +275,7 @@ class SocketReceiver:
         if message != self._path_trouble:
             self._path_trouble = message
             log.warning("%s", message)
+
     def _notice(self, kind: str, message: str, *args: object) -> None:
         """Warn, unless a warning of this kind went out less than a minute ago."""
         now = time.monotonic()

@@ -374,7 +374,7 @@ def replay(
         while next_span < len(spans) and spans[next_span].t0 <= now:
             next_span += 1
         if next_span > start:
-            agent.add_spans(spans[start:next_span])
+            agent.add_spans(spans[start:next_span], now)
 
     tick_s = float(config["agent.tick_s"])
     flush_every = max(1, round(float(config["agent.flush_s"]) / tick_s))

@@ -395,3 +395,27 @@ def test_a_dead_socket_put_in_place_of_ours_is_replaced(sock_dir: Path) -> None:
         assert [s.model for s in r.drain()] == ["again"]
     finally:
         r.close()
+
+
+def test_the_senders_remembered_are_bounded_and_their_drops_still_counted(
+    sock_dir: Path,
+) -> None:
+    """Issue 10, case 3: every in-memory structure is bounded, this per-pid map too.
+
+    Each datagram here says its sender dropped 3 spans; after the first
+    _MAX_PIDS senders, the others are folded into pid 0, so no count is lost.
+    """
+    from infermeter import receiver as receiver_module
+
+    r = SocketReceiver(str(sock_dir / "s.sock"), start=False)
+    try:
+        limit = receiver_module._MAX_PIDS
+        (data,) = encode_batch([], dropped=3)
+        for pid in range(1, limit + 101):  # 100 senders more than it remembers
+            assert r.handle(data, pid)
+        by_pid = r.sender_dropped()
+        assert len(by_pid) == limit + 1  # the first senders, and pid 0 for the rest
+        assert by_pid[0] == 3 * 100
+        assert sum(by_pid.values()) == 3 * (limit + 100) == r.dropped()
+    finally:
+        r.close()

@@ -84,7 +84,7 @@ def test_calls_plus_overhead_equal_the_share(calls: list, energy: float) -> None
 def test_ledger_credits_a_call_across_flushes_and_writes_it_once() -> None:
     ledger = SpanLedger()
     target = Target(host="h", pid=7, start_time=1.0)
-    ledger.add([span(0.5, 1.5, items=2)])
+    ledger.add([span(0.5, 1.5, items=2)], now=1.5)
     first = ledger.split([active(0.0, 1.0, 10.0)], {KEY: target})
     assert ledger.complete(1.0, {7: target}) == []  # still running at the cutoff
     second = ledger.split([active(1.0, 2.0, 10.0)], {KEY: target})
@@ -92,14 +92,14 @@ def test_ledger_credits_a_call_across_flushes_and_writes_it_once() -> None:
     assert len(done) == 1 and done[0].target == KEY
     assert done[0].energy_j == pytest.approx(10.0)
     assert sum(s.energy_j for s in first + second) == pytest.approx(20.0)
-    ledger.add([span(0.1, 0.2)])  # arrives after its interval was attributed
+    ledger.add([span(0.1, 0.2)], now=2.0)  # arrives after its interval was attributed
     assert ledger.late_spans == 1
 
 
 def test_ledger_reports_weakest_method() -> None:
     ledger = SpanLedger()
     target = Target(host="h", pid=7, start_time=1.0)
-    ledger.add([span(0.0, 1.0)])
+    ledger.add([span(0.0, 1.0)], now=1.0)
     cpu = Share(0.0, 1.0, "cpu", Bucket.ACTIVE, Method.ESTIMATED, 3.0, target=KEY)
     ledger.split([active(0.0, 1.0, 10.0), cpu], {KEY: target})
     (done,) = ledger.complete(1.0, {7: target})

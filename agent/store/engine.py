@@ -38,8 +38,12 @@ def redact(url: str) -> str:
         return url
 
 
-def open_engine(url: str, create_dir: bool = False) -> Engine:
-    """Connect and check the connection, or raise StoreError with one line."""
+def open_engine(url: str, create_dir: bool = False, warn_public: bool = False) -> Engine:
+    """Connect and check the connection, or raise StoreError with one line.
+
+    ``warn_public``: warn when an existing SQLite store is readable by others
+    (the agent says it once at start; every report and query would be noise).
+    """
     try:
         u = make_url(url)
     except ArgumentError:
@@ -51,7 +55,7 @@ def open_engine(url: str, create_dir: bool = False) -> Engine:
         elif not path.parent.is_dir():
             raise StoreError(f"cannot open database {path}: folder {path.parent} does not exist")
         if not _sqlite_uri(u.query):
-            _create_private(path)
+            _create_private(path, warn_public)
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
@@ -74,13 +78,13 @@ def open_engine(url: str, create_dir: bool = False) -> Engine:
     return engine
 
 
-def _create_private(path: Path) -> None:
-    """Create a new SQLite file 0600 (its -wal and -shm follow); warn about an open one."""
+def _create_private(path: Path, warn_public: bool) -> None:
+    """Create a new SQLite file 0600 (its -wal and -shm follow); maybe warn about an open one."""
     try:
         created = create_private_file(path)
     except OSError:
         return  # a folder we may not write to: SQLite's own open says why, in one line
-    if not created and path.is_file():
+    if warn_public and not created and path.is_file():
         warn_if_public(path)
 
 
