@@ -135,6 +135,11 @@ def run_daemon(config: Config, pm: PluginManager, stop: threading.Event | None =
         scheduler.shutdown(wait=True)
         written = agent.flush(final=True)
         code = spool_what_is_left(agent, spool, config)
+        if code == EXIT_OK:
+            try:  # the last word on what was refused or shed, for `status`
+                agent.save_counts()
+            except Exception as e:
+                log.warning("could not store the agent's counters: %s", e)
         log.info("final flush wrote %d shares; store closed", written)
     finally:
         if scheduler.running:

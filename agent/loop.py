@@ -471,8 +471,24 @@ class Agent:
         since = float(since) - 3600 if since is not None else 0.0
         rows = rollup_store(self.store, since, until)
         self.store.set_state("rollup_until", until)
-        self.store.set_state(SPAN_SOURCES_KEY, self._span_source_counts())
+        self.save_counts()
         return rows
+
+    def save_counts(self) -> None:
+        """Store what the span sources and this agent refused or shed, for ``status``."""
+        if self.store is None:
+            return
+        counts = self._span_source_counts()
+        counts["agent"] = self._loss_counts()
+        self.store.set_state(SPAN_SOURCES_KEY, counts)
+
+    def _loss_counts(self) -> dict[str, int]:
+        """What this agent refused, shed or could not store, since start (for ``status``)."""
+        lost = ("refused", "shed", "dropped", "unattributed", "late")
+        out = {k: v for k, v in self.shed_counts().items() if any(w in k for w in lost)}
+        for meter, n in self.refused_readings.items():
+            out[f"readings_refused_{meter}"] = n
+        return out
 
     def _span_source_counts(self) -> dict[str, dict[str, int]]:
         """Per span source, what it dropped and (receiver) refused or changed, since start."""

@@ -8,6 +8,7 @@ database; the agent's memory is its RSS as the kernel reports it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -226,6 +227,16 @@ def test_over_the_count_bound_the_latest_ending_spans_are_shed_and_counted(
     # first, so one of the 30-minute spans went instead) and was stored.
     assert since_start(log, "span ledger") == {"shed": flood.chunk - 5000 + 1}
     flood.check_marks_stored_alone()
+    # The agent's last word, stored at shutdown, is what `status` shows.
+    status = subprocess.run(
+        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "status", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (host,) = json.loads(status.stdout)["hosts"]
+    assert host["span_sources"]["agent"]["spans_shed"] == flood.chunk - 5000 + 1
 
 
 def burn_cpu(seconds: float) -> None:
