@@ -328,24 +328,18 @@ class Agent:
                 written += self.store.write_flush(head)
             except Exception as e:
                 self._store_failing = True
-                dropped_before = self.dropped_shares
-                self._bound_unwritten()
+                self._bound_unwritten()  # what it drops, buffer_log says (once per burst)
                 held = list(self._unwritten)
                 log.warning(
-                    "flush failed, holding %d batches (%d shares, %d calls; bound %d shares) "
-                    "for the next: %s",
+                    "flush failed, holding %d batches (%d shares, %d calls; bounds %d shares, "
+                    "%d calls) for the next: %s",
                     len(held),
                     sum(len(b.shares) for b in held),
                     sum(len(b.calls) for b in held),
                     self._max_pending,
+                    self._max_calls,
                     _one_line(e),
                 )
-                if self.dropped_shares > dropped_before:
-                    log.warning(
-                        "the bound dropped the oldest held batches: %d shares lost (%d in all)",
-                        self.dropped_shares - dropped_before,
-                        self.dropped_shares,
-                    )
                 return written, batches
             self._unwritten.popleft()
             self.flushes += 1
