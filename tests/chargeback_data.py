@@ -18,14 +18,12 @@ every database:
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-from conftest import _PG_REASON, FIXTURES, PG_ADMIN_URL
+from conftest import FIXTURES, PG_ADMIN_URL, require_pg
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -119,10 +117,7 @@ def normalise(value: Any) -> Any:
 @contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for a whole module (conftest's ``pg_url`` is per test)."""
-    if _PG_REASON:
-        if os.environ.get("INFERMETER_REQUIRE_PG") == "1":
-            pytest.fail(_PG_REASON)
-        pytest.skip(_PG_REASON)
+    require_pg()
     name = f"infermeter_cb_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from conftest import require_pg
 
 
 def _bindir() -> Path | None:
@@ -112,9 +112,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         except KeyError:
             reason = "running as root and there is no postgres user to run initdb as"
     if reason:
-        if os.environ.get("INFERMETER_REQUIRE_PG") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        require_pg(reason)
     assert bindir is not None
     pg = PrivatePostgres(bindir)
     try:

@@ -22,7 +22,6 @@ counts past 2**63, times ten thousand years ahead, wrong types, raw bytes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _PG_REASON, FIXTURES, PG_ADMIN_URL
+from conftest import FIXTURES, PG_ADMIN_URL, require_pg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select, text
@@ -73,10 +72,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pg_template() -> Iterator[str]:
-    if _PG_REASON:
-        if os.environ.get("INFERMETER_REQUIRE_PG") == "1":
-            pytest.fail(_PG_REASON)
-        pytest.skip(_PG_REASON)
+    require_pg()
     name = f"infermeter_tpl_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
