@@ -5,17 +5,28 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint setup setup-test clean
+.PHONY: run test lint setup setup-test dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# build/ is removed first: setuptools keeps modules there that the tree no
+# longer has, and the wheel would carry them.
 setup: $(BIN)/python
+	rm -rf build
 	$(BIN)/pip install --quiet '.[postgres,demo]'
 
 setup-test: $(BIN)/python
+	rm -rf build
 	$(BIN)/pip install --quiet '.[test,dev]'
+
+# An editable install for working on the code: edits are seen without
+# reinstalling (tests/test_install.py fails on a stale wheel otherwise).
+# mypy cannot see through the editable mapping: `make lint` (through
+# setup-test) puts a wheel back.
+dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 
 # Set up, show the demo, then run the agent on the embedded store (SQLite in
 # the data directory) in the foreground.
