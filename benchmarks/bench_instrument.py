@@ -8,7 +8,7 @@ For each runtime a tiny model is called in alternating blocks, uninstrumented
 and instrumented (patched between blocks, first call of each block dropped),
 each call timed on its own with ``perf_counter_ns``. The added cost printed is
 the instrumented median (p99) minus the uninstrumented median (p99). Spans go
-to the real ``infermeter.emitter.Emitter`` with no agent listening (its
+to the real ``infermeter.spans.emitter.Emitter`` with no agent listening (its
 thread drops them as "agent absent" every 0.1 s), and, to isolate the
 plugins' own cost, to an emitter whose ``emit`` appends to a bounded deque.
 
@@ -62,7 +62,7 @@ class DequeEmitter:
 
 def real_emitter(tmp: str) -> Any:
     try:
-        from infermeter.emitter import Emitter
+        from infermeter.spans.emitter import Emitter
     except ImportError:
         return None
     return Emitter(str(Path(tmp) / "nobody-listens.sock"))

@@ -39,7 +39,7 @@ from infermeter.plugins.cpu_trace import (
 )
 from infermeter.plugins.cpu_weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
 from infermeter.records import Device, DeviceKind, Method, Reading, Target
-from infermeter.trace_check import TraceProblem
+from infermeter.sidecar.trace_check import TraceProblem
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ table row. Replay answers at any ``now`` by linear interpolation between
 the two rows around it: cumulative counters stay monotonic, and a tick that
 falls between 4 Hz samples still gets its share.
 
-Every line is checked (infermeter.trace_check): a line that does not parse,
+Every line is checked (infermeter.sidecar.trace_check): a line that does not parse,
 a number that is not finite or is negative, a time going backwards is a
 problem naming the file and line; ``check_files`` lists them for the replay
 to refuse the trace on, and the readers return the readable rows, which is
@@ -36,7 +36,7 @@ from infermeter.config import Config
 from infermeter.plugins.cpu_power import cpu_model_name, logical_cpus
 from infermeter.plugins.cpu_weights import ProcKey, SystemTimes, busy_seconds
 from infermeter.records import Framework, Target
-from infermeter.trace_check import (
+from infermeter.sidecar.trace_check import (
     MAX_GAP_S,
     BadValue,
     LineReader,

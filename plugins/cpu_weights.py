@@ -15,7 +15,7 @@ psutil, ``RecordedTimes`` (in ``cpu_trace``) answers from a recorded
 code for both, which is what makes a replay test the live path.
 
 Per tick this costs one ``psutil.cpu_times()`` plus one read of
-/proc/PID/stat per target (``infermeter.processes.cpu_seconds``, which also
+/proc/PID/stat per target (``infermeter.discover.processes.cpu_seconds``, which also
 tells a reused pid from the target by its start time).
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infermeter import processes
+from infermeter.discover import processes
 from infermeter.records import Target
 
 log = logging.getLogger(__name__)

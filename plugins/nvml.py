@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from infermeter.plugins.nvml_devices import Gpu
     from infermeter.plugins.nvml_meter import NvmlMeter
     from infermeter.records import Target
-    from infermeter.trace_check import TraceProblem
+    from infermeter.sidecar.trace_check import TraceProblem
 
 log = logging.getLogger("infermeter.plugins.nvml")
 

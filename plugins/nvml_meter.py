@@ -83,7 +83,7 @@ from typing import Any
 
 import pynvml
 
-from infermeter.attribution import split_exactly
+from infermeter.attribute.split import split_exactly
 from infermeter.plugins.nvml_devices import Gpu, View
 from infermeter.plugins.nvml_samples import (
     FIELD_READERS,

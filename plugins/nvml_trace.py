@@ -17,7 +17,7 @@ record`` and the hand-made fixtures replay through the same code:
   resnet-encoder one has ``nvml_api.json`` (device 0 only, values as Python
   reprs), read as a fallback. A trace with neither replays as an unnamed GPU.
 
-Every file is read through infermeter.trace_check: a line that does not
+Every file is read through infermeter.sidecar.trace_check: a line that does not
 parse, a value that is not a finite number in its range (utilisation 0-100,
 no negative counter, power or memory), a row with a cell missing, a time
 going backwards, is a TraceProblem naming the file and line, and the rest of
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.records import Framework, Target
-from infermeter.trace_check import (
+from infermeter.sidecar.trace_check import (
     MAX_GAP_S,
     BadValue,
     LineReader,

@@ -30,9 +30,9 @@ from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.recommend_money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend_options import setting
-from infermeter.recommend_stats import (
+from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
+from infermeter.recommend.options import setting
+from infermeter.recommend.stats import (
     BatchPoint,
     ModelStats,
     models_of,

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
-from infermeter.discovery import Discovery
+from infermeter.discover.processes import start_time
+from infermeter.discover.targets import Discovery
 from infermeter.hookspecs import Meter, Recorder
 from infermeter.plugins import cpu_estimate, procfs, rapl
 from infermeter.plugins.cpu_estimate import CpuEstimateMeter
@@ -28,7 +29,6 @@ from infermeter.plugins.cpu_power import (
 )
 from infermeter.plugins.cpu_trace import RecordedTimes, read_rows
 from infermeter.plugins.cpu_weights import OTHER_PID, PsutilTimes
-from infermeter.processes import start_time
 from infermeter.records import Bucket, DeviceKind, Framework, Method, Reading, Target
 
 FIXTURE = Path(__file__).parent / "fixtures" / "h100-serving"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.plugins import nvml as plugin
 from infermeter.plugins.nvml_devices import open_gpus

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
+from infermeter.discover.processes import start_time
 from infermeter.hookspecs import Meter
 from infermeter.plugins import cpu_estimate, rapl
 from infermeter.plugins.cpu_weights import PsutilTimes
-from infermeter.processes import start_time
 from infermeter.records import Bucket, DeviceKind, Method, Target
 
 INTEL_RANGE = 262_143_328_850  # what Intel servers report, in uJ

@@ -22,8 +22,8 @@ from infermeter.plugins import (
     recommend_quantize,
     recommend_rightsize,
 )
-from infermeter.pricing import card_from_config
-from infermeter.recommend_stats import (
+from infermeter.price.pricing import card_from_config
+from infermeter.recommend.stats import (
     BatchPoint,
     DeviceInfo,
     DeviceSample,

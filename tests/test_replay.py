@@ -19,10 +19,10 @@ import pytest
 from conftest import FIXTURES, infermeter_cmd
 
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.records import Bucket, Method, Share
-from infermeter.replay import ReplayResult, replay
+from infermeter.sidecar.agent import Agent
+from infermeter.sidecar.replay import ReplayResult, replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

@@ -27,13 +27,13 @@ from conftest import FIXTURES, ROOT, infermeter_cmd
 from rich.console import Console
 from sqlalchemy import delete, func, insert, select, text
 
-from infermeter import cost_histogram
 from infermeter.cli.report import parse_duration, parse_time, render, sig, since_start
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.report import GROUPINGS, build_report
-from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.report.build import GROUPINGS, build_report
+from infermeter.report.render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.sidecar.agent import Agent
+from infermeter.store import histogram as cost_histogram
 from infermeter.store import migrate, schema
 from infermeter.store.engine import open_engine
 from infermeter.store.models import (
@@ -599,7 +599,7 @@ def test_json_is_versioned_and_every_field_documented(
     engine = open_engine(synthetic.url)
     data = report_json(build_report(engine, synthetic.t_start, synthetic.t_end, "tenant"))
     engine.dispose()
-    assert data["schema"] == "infermeter.report" and data["version"] == 1
+    assert data["schema"] == "infermeter.report.build" and data["version"] == 1
     doc = (ROOT / "docs" / "report.json.md").read_text()
     missing = sorted(k for k in json_paths(data) if f"`{k}`" not in doc)
     assert not missing, f"docs/report.json.md does not document {missing}"

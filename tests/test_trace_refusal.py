@@ -23,11 +23,11 @@ from conftest import FIXTURES, infermeter_cmd
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.replay import check_trace, replay
+from infermeter.sidecar.replay import check_trace, replay
+from infermeter.sidecar.trace_check import TraceError
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store
-from infermeter.trace_check import TraceError
 
 SERVING = FIXTURES / "h100-serving"
 ENCODER = FIXTURES / "h100-resnet-encoder"
