@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from infermeter.plugins import _instrument
+from infermeter.plugins.instrument import _base as _instrument
 from infermeter.records import Span
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def bench_torch(emitters: dict[str, Any], rounds: int, block: int) -> None:
     import torch
     from torch import nn
 
-    from infermeter.plugins import instrument_torch as plugin
+    from infermeter.plugins.instrument import torch as plugin
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def tiny_onnx(path: Path) -> None:
 def bench_onnxruntime(emitters: dict[str, Any], rounds: int, block: int, tmp: str) -> None:
     import onnxruntime as ort
 
-    from infermeter.plugins import instrument_onnxruntime as plugin
+    from infermeter.plugins.instrument import onnxruntime as plugin
 
     path = Path(tmp) / "tiny.onnx"
     tiny_onnx(path)
@@ -202,7 +202,7 @@ def bench_onnxruntime(emitters: dict[str, Any], rounds: int, block: int, tmp: st
 def bench_litert(emitters: dict[str, Any], rounds: int, block: int) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from infermeter.plugins import instrument_litert as plugin
+    from infermeter.plugins.instrument import litert as plugin
 
     interp = Interpreter(model_path=str(TFLITE))
     interp.allocate_tensors()

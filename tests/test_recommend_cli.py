@@ -26,8 +26,8 @@ from infermeter.cli import recommend as recommend_cli
 from infermeter.config import CORE_OPTIONS, build_config
 from infermeter.errors import InfermeterError
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.plugins import recommend_powercap
-from infermeter.plugins.nvml_replay import NvmlStandIn
+from infermeter.plugins.nvml.replay import NvmlStandIn
+from infermeter.plugins.recommend import powercap as recommend_powercap
 from infermeter.recommend.money import Subject, WindowSaving, advice
 from infermeter.recommend.options import OPTIONS
 from infermeter.recommend.run import collect

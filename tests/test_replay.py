@@ -1,6 +1,6 @@
 """The whole agent over the two H100 recordings, through the real meter code.
 
-The NVML stand-in answers from the recording (plugins/nvml_replay.py); the
+The NVML stand-in answers from the recording (plugins/nvml/replay.py); the
 rest is what runs live: attribution, span splitting, the store.
 """
 

@@ -367,7 +367,8 @@ def test_a_gap_knows_the_recorded_time_it_leaves_out(tmp_path: Path) -> None:
 
 
 def test_the_replay_hook_reports_only_its_own_files(tmp_path: Path) -> None:
-    from infermeter.plugins import cpu_estimate, nvml
+    from infermeter.plugins import nvml
+    from infermeter.plugins.cpu import estimate as cpu_estimate
 
     trace, path, line, _ = damaged(tmp_path, "device-garbage")
     (gpu,) = nvml.infermeter_replay_check(trace)

@@ -188,7 +188,7 @@ def apply_cmd(app: App, ident: str, yes: bool) -> None:
                 )
                 return
             # The setter lives with the advice it acts on; only this path needs it.
-            from infermeter.plugins.recommend_powercap import apply_power_cap
+            from infermeter.plugins.recommend.powercap import apply_power_cap
 
             got = apply_power_cap(nvml_module(), uid, watts)
             set_status(engine, stored.stable_id, "applied")

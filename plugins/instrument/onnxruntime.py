@@ -39,8 +39,8 @@ from typing import Any
 
 from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
-from infermeter.plugins import _instrument as base
-from infermeter.plugins._instrument import make_span
+from infermeter.plugins.instrument import _base as base
+from infermeter.plugins.instrument._base import make_span
 
 log = logging.getLogger(__name__)
 

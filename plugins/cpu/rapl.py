@@ -40,13 +40,13 @@ from pathlib import Path
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.plugins.cpu_power import (
+from infermeter.plugins.cpu.power import (
     PER_THREAD_W,
     cpu_model_name,
     logical_cpus,
     micro_architecture,
 )
-from infermeter.plugins.cpu_weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
+from infermeter.plugins.cpu.weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
 from infermeter.records import Device, DeviceKind, Method, Reading, Target
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Finding the GPUs NVML knows and describing each as a records.Device, once.
 
 The ``nvml`` argument is the pynvml module live, or the replay stand-in
-(infermeter.plugins.nvml_replay): only pynvml's own function names are used.
+(infermeter.plugins.nvml.replay): only pynvml's own function names are used.
 
 Baselines (what a GPU draws with nothing on it, and the extra while a CUDA
 context is merely held) come from a small table by product name, measured

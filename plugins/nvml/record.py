@@ -25,8 +25,8 @@ from typing import IO, Any
 
 import pynvml
 
-from infermeter.plugins.nvml_devices import Gpu
-from infermeter.plugins.nvml_trace import (
+from infermeter.plugins.nvml.devices import Gpu
+from infermeter.plugins.nvml.trace import (
     DEVICE_COLUMNS,
     DEVICES_JSON,
     device_csv_name,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.plugins import rapl
-from infermeter.plugins.cpu_power import CpuPower, cpu_model_name, logical_cpus, power_model
-from infermeter.plugins.cpu_trace import (
+from infermeter.plugins.cpu import rapl
+from infermeter.plugins.cpu.power import CpuPower, cpu_model_name, logical_cpus, power_model
+from infermeter.plugins.cpu.trace import (
     CPU_TIMES,
     CpuTimesRecorder,
     RecordedTimes,
@@ -37,7 +37,7 @@ from infermeter.plugins.cpu_trace import (
     model_name_of,
     recorded_targets,
 )
-from infermeter.plugins.cpu_weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
+from infermeter.plugins.cpu.weights import WEIGHT_BASIS, CpuTimesSource, CpuWeights, PsutilTimes
 from infermeter.records import Device, DeviceKind, Method, Reading, Target
 from infermeter.sidecar.trace_check import TraceProblem
 

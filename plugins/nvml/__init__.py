@@ -2,15 +2,15 @@
 
 The hooks here only wire things up; the work is in:
 
-- nvml_devices: listing GPUs (and MIG instances) as records.Device, with
+- devices: listing GPUs (and MIG instances) as records.Device, with
   idle and keep-warm defaults by product name;
-- nvml_meter: NvmlMeter, energy per tick (counter at most once a second,
+- meter: NvmlMeter, energy per tick (counter at most once a second,
   instant power for the shape inside), per-process weights and holders;
-- nvml_samples: the pure parts (power integral, weights from what polls saw);
-- nvml_record: NvmlRecorder, writing the shared fixtures' file format;
-- nvml_replay: NvmlStandIn, which answers like pynvml from a trace, and
+- samples: the pure parts (power integral, weights from what polls saw);
+- record: NvmlRecorder, writing the shared fixtures' file format;
+- replay: NvmlStandIn, which answers like pynvml from a trace, and
   ReplayNvmlMeter, the same meter over it;
-- nvml_trace: the trace files (each line checked), the replay window and targets.
+- trace: the trace files (each line checked), the replay window and targets.
 
 Live, NVML is initialised once when the meters are created and shut down by
 the meter's ``close()``: one ``nvmlInit`` for the agent's life. No driver, no
@@ -34,8 +34,8 @@ from infermeter.config import Config, Option
 # modules are imported by the hooks that use them.
 if TYPE_CHECKING:
     from infermeter.hookspecs import Meter, Recorder
-    from infermeter.plugins.nvml_devices import Gpu
-    from infermeter.plugins.nvml_meter import NvmlMeter
+    from infermeter.plugins.nvml.devices import Gpu
+    from infermeter.plugins.nvml.meter import NvmlMeter
     from infermeter.records import Target
     from infermeter.sidecar.trace_check import TraceProblem
 
@@ -67,8 +67,8 @@ def open_nvml(nvml: Any) -> list[Gpu] | None:
     """nvmlInit and list the GPUs; None (logged once, NVML released) when there are none."""
     import pynvml
 
-    from infermeter.plugins.nvml_devices import open_gpus
-    from infermeter.plugins.nvml_samples import why
+    from infermeter.plugins.nvml.devices import open_gpus
+    from infermeter.plugins.nvml.samples import why
 
     try:
         nvml.nvmlInit()
@@ -98,7 +98,7 @@ def open_nvml(nvml: Any) -> list[Gpu] | None:
 
 def open_meters(nvml: Any, config: Config) -> list[NvmlMeter]:
     """The live meter over ``nvml`` (pynvml), polling in its own thread; [] without GPUs."""
-    from infermeter.plugins.nvml_meter import NvmlMeter
+    from infermeter.plugins.nvml.meter import NvmlMeter
 
     if not _setting(config, "enabled"):
         return []
@@ -130,7 +130,7 @@ def infermeter_meters(config: Config) -> Sequence[Meter]:
 def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
     import pynvml
 
-    from infermeter.plugins.nvml_record import NvmlRecorder
+    from infermeter.plugins.nvml.record import NvmlRecorder
 
     if not _setting(config, "enabled"):
         return []
@@ -140,8 +140,8 @@ def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
 
 @hookimpl
 def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]:
-    from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
-    from infermeter.plugins.nvml_trace import device_indices
+    from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
+    from infermeter.plugins.nvml.trace import device_indices
 
     if not _setting(config, "enabled") or not device_indices(trace_dir):
         return []
@@ -151,20 +151,20 @@ def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]
 
 @hookimpl
 def infermeter_replay_check(trace_dir: Path) -> Sequence[TraceProblem]:
-    from infermeter.plugins.nvml_trace import check_files
+    from infermeter.plugins.nvml.trace import check_files
 
     return check_files(trace_dir)
 
 
 @hookimpl
 def infermeter_replay_targets(trace_dir: Path, config: Config) -> Sequence[Target]:
-    from infermeter.plugins.nvml_trace import replay_targets
+    from infermeter.plugins.nvml.trace import replay_targets
 
     return replay_targets(trace_dir)
 
 
 @hookimpl
 def infermeter_replay_window(trace_dir: Path) -> tuple[float, float] | None:
-    from infermeter.plugins.nvml_trace import trace_window
+    from infermeter.plugins.nvml.trace import trace_window
 
     return trace_window(trace_dir)

@@ -55,9 +55,9 @@ from typing import Any
 
 import pynvml
 
-from infermeter.plugins.nvml_devices import open_gpus
-from infermeter.plugins.nvml_meter import NvmlMeter
-from infermeter.plugins.nvml_trace import (
+from infermeter.plugins.nvml.devices import open_gpus
+from infermeter.plugins.nvml.meter import NvmlMeter
+from infermeter.plugins.nvml.trace import (
     DeviceTrace,
     Identity,
     ProcessRow,

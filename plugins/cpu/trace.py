@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from infermeter.config import Config
-from infermeter.plugins.cpu_power import cpu_model_name, logical_cpus
-from infermeter.plugins.cpu_weights import ProcKey, SystemTimes, busy_seconds
+from infermeter.plugins.cpu.power import cpu_model_name, logical_cpus
+from infermeter.plugins.cpu.weights import ProcKey, SystemTimes, busy_seconds
 from infermeter.records import Framework, Target
 from infermeter.sidecar.trace_check import (
     MAX_GAP_S,

@@ -40,7 +40,7 @@ from typing import Any
 
 from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
-from infermeter.plugins import _instrument as base
+from infermeter.plugins.instrument import _base as base
 
 log = logging.getLogger(__name__)
 

@@ -84,8 +84,8 @@ from typing import Any
 import pynvml
 
 from infermeter.attribute.split import split_exactly
-from infermeter.plugins.nvml_devices import Gpu, View
-from infermeter.plugins.nvml_samples import (
+from infermeter.plugins.nvml.devices import Gpu, View
+from infermeter.plugins.nvml.samples import (
     FIELD_READERS,
     Piece,
     Seen,
