@@ -599,7 +599,7 @@ def test_json_is_versioned_and_every_field_documented(
     engine = open_engine(synthetic.url)
     data = report_json(build_report(engine, synthetic.t_start, synthetic.t_end, "tenant"))
     engine.dispose()
-    assert data["schema"] == "infermeter.report.build" and data["version"] == 1
+    assert data["schema"] == "infermeter.report" and data["version"] == 1
     doc = (ROOT / "docs" / "report.json.md").read_text()
     missing = sorted(k for k in json_paths(data) if f"`{k}`" not in doc)
     assert not missing, f"docs/report.json.md does not document {missing}"

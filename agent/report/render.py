@@ -14,7 +14,7 @@ from typing import Any
 from infermeter.report.build import Amount, Costs, Report, RequestStats
 from infermeter.store import histogram as cost_histogram
 
-SCHEMA = "infermeter.report.build"
+SCHEMA = "infermeter.report"
 SCHEMA_VERSION = 1
 
 
