@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from infermeter.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from infermeter.context import request
-    from infermeter.sdk import instrument
+    from infermeter.spans.context import request
+    from infermeter.spans.sdk import instrument
 
     __version__: str
 
@@ -26,11 +26,11 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:  # a source tree that is not installed
             return "0+unknown"
     if name == "instrument":
-        from infermeter.sdk import instrument
+        from infermeter.spans.sdk import instrument
 
         return instrument
     if name == "request":
-        from infermeter.context import request
+        from infermeter.spans.context import request
 
         return request
     raise AttributeError(f"module 'infermeter' has no attribute {name!r}")

@@ -18,8 +18,8 @@ from typing import Any
 
 import platformdirs
 
+from infermeter.discover.redact import DEFAULT_PATTERNS, check_patterns
 from infermeter.errors import ConfigError
-from infermeter.redact import DEFAULT_PATTERNS, check_patterns
 
 ENV_CONFIG = "INFERMETER_CONFIG"
 ENV_DB = "INFERMETER_DB"

@@ -18,9 +18,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from infermeter.config import Config, Option
-    from infermeter.pricing import Price, PriceCard
+    from infermeter.price.pricing import Price, PriceCard
     from infermeter.records import Device, Reading, Recommendation, Share, Span, Target
-    from infermeter.trace_check import TraceProblem
+    from infermeter.sidecar.trace_check import TraceProblem
 
 hookspec = pluggy.HookspecMarker("infermeter")
 hookimpl = pluggy.HookimplMarker("infermeter")
@@ -249,7 +249,7 @@ def infermeter_price(
     Called at every flush for every share, and by ``infermeter reprice``.
     ``window_j`` is the energy of all the device's shares in the share's
     window (joules), so a capacity cost can be split by energy. Returns a
-    ``infermeter.pricing.Price`` (energy cost and capacity cost in the card's
+    ``infermeter.price.pricing.Price`` (energy cost and capacity cost in the card's
     currency, carbon in grams CO2e); a figure that cannot be known is None
     (stored as unpriced), never 0. The built-in card pricing is ``trylast``,
     so a plugin can price the devices it knows better and return None for
@@ -263,7 +263,7 @@ def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[R
 
     Called by the recommend job (and ``infermeter recommend``) once per host
     with the statistics of the recommend window, frozen records from
-    ``infermeter.recommend_stats`` under the keys ``host``, ``window`` (t0, t1
+    ``infermeter.recommend.stats`` under the keys ``host``, ``window`` (t0, t1
     in UTC seconds), ``prices`` (the PriceCard), ``models`` (per deployment:
     calls, items, J/item and latency per batch size, dtype, device),
     ``devices`` (utilisation, memory, idle and keep-warm energy and cost) and

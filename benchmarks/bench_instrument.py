@@ -8,7 +8,7 @@ For each runtime a tiny model is called in alternating blocks, uninstrumented
 and instrumented (patched between blocks, first call of each block dropped),
 each call timed on its own with ``perf_counter_ns``. The added cost printed is
 the instrumented median (p99) minus the uninstrumented median (p99). Spans go
-to the real ``infermeter.emitter.Emitter`` with no agent listening (its
+to the real ``infermeter.spans.emitter.Emitter`` with no agent listening (its
 thread drops them as "agent absent" every 0.1 s), and, to isolate the
 plugins' own cost, to an emitter whose ``emit`` appends to a bounded deque.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from infermeter.plugins import _instrument
+from infermeter.plugins.instrument import _base as _instrument
 from infermeter.records import Span
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ class DequeEmitter:
 
 def real_emitter(tmp: str) -> Any:
     try:
-        from infermeter.emitter import Emitter
+        from infermeter.spans.emitter import Emitter
     except ImportError:
         return None
     return Emitter(str(Path(tmp) / "nobody-listens.sock"))
@@ -109,7 +109,7 @@ def bench_torch(emitters: dict[str, Any], rounds: int, block: int) -> None:
     import torch
     from torch import nn
 
-    from infermeter.plugins import instrument_torch as plugin
+    from infermeter.plugins.instrument import torch as plugin
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def tiny_onnx(path: Path) -> None:
 def bench_onnxruntime(emitters: dict[str, Any], rounds: int, block: int, tmp: str) -> None:
     import onnxruntime as ort
 
-    from infermeter.plugins import instrument_onnxruntime as plugin
+    from infermeter.plugins.instrument import onnxruntime as plugin
 
     path = Path(tmp) / "tiny.onnx"
     tiny_onnx(path)
@@ -202,7 +202,7 @@ def bench_onnxruntime(emitters: dict[str, Any], rounds: int, block: int, tmp: st
 def bench_litert(emitters: dict[str, Any], rounds: int, block: int) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from infermeter.plugins import instrument_litert as plugin
+    from infermeter.plugins.instrument import litert as plugin
 
     interp = Interpreter(model_path=str(TFLITE))
     interp.allocate_tensors()

@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from infermeter import recommend
 from infermeter.config import build_config
-from infermeter.live import open_readonly, snapshot
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.pricing import card_from_config
+from infermeter.price.pricing import card_from_config
+from infermeter.recommend import run as recommend
+from infermeter.report.top import open_readonly, snapshot
 from infermeter.store.engine import open_engine
 from infermeter.store.request_rollup import COMPLETE_KEY, rollup_store
 from infermeter.store.writer import Store

@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from infermeter.cli.report import render, since_start
-from infermeter.report import GROUPINGS, Report, build_report
+from infermeter.report.build import GROUPINGS, Report, build_report
 from infermeter.store.engine import open_engine
 
 

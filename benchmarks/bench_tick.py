@@ -28,10 +28,10 @@ import psutil
 
 from infermeter.config import build_config
 from infermeter.hookspecs import Meter
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
+from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
 from infermeter.records import Reading, Target
+from infermeter.sidecar.agent import Agent
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

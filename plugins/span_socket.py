@@ -1,7 +1,7 @@
 """The SDK's spans, received on a Unix datagram socket (``[spans]`` section).
 
-The work is in ``infermeter.receiver`` (SocketReceiver) and the format in
-``infermeter.wire``; this module only declares the options and hands the
+The work is in ``infermeter.spans.receiver`` (SocketReceiver) and the format in
+``infermeter.spans.wire``; this module only declares the options and hands the
 receiver to the agent, which drains it every tick. A socket that cannot be
 bound (another agent holds it, no permission) is not fatal: the agent meters
 without spans and logs one line saying why. A ``group`` that does not exist
@@ -17,8 +17,8 @@ from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import SpanSource
-from infermeter.receiver import DEFAULT_GROUP, SocketReceiver, group_problem
-from infermeter.wire import ENV_SOCKET, default_socket_path
+from infermeter.spans.receiver import DEFAULT_GROUP, SocketReceiver, group_problem
+from infermeter.spans.wire import ENV_SOCKET, default_socket_path
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.replay import replay
+from infermeter.sidecar.replay import replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

@@ -13,16 +13,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from infermeter.attribute.ledger import CallEnergy
+from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.pricing import Price, PriceCard, card_from_config
+from infermeter.price.pricing import Price, PriceCard, card_from_config
 from infermeter.records import Bucket, Device, DeviceKind, Method, Share, Span, Target
-from infermeter.span_ledger import CallEnergy
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.request_rollup import rollup_store
 from infermeter.store.writer import FlushBatch, Store
-from infermeter.windows import DeviceWindowRecord
 
 HOST = "synthetic"
 # An hour boundary plus 20 minutes: the data starts and ends inside hours.

@@ -13,9 +13,9 @@ import pytest
 
 from infermeter.config import build_config
 from infermeter.errors import ConfigError
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.records import Span
+from infermeter.sidecar.agent import Agent
 
 
 def agent(**values: Any) -> Agent:

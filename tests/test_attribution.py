@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infermeter.attribution import Baseline, attribute_reading, merge_shares, split_exactly
+from infermeter.attribute.split import Baseline, attribute_reading, merge_shares, split_exactly
 from infermeter.records import Bucket, Device, DeviceKind, Framework, Method, Reading, Target
 
 GPU = Device(uid="GPU-0", kind=DeviceKind.GPU, name="NVIDIA H100 80GB HBM3")

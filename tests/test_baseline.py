@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from infermeter.baseline import MIN_SAMPLES, BaselineLearner
+from infermeter.attribute.baseline import MIN_SAMPLES, BaselineLearner
 from infermeter.records import Device, DeviceKind, Method, Reading
 
 GPU = Device(

@@ -20,7 +20,7 @@ from chargeback_data import fill, fingerprint, normalise, pg_database, sort_key
 from conftest import ROOT
 from sqlalchemy import inspect, text
 
-from infermeter.chargeback import VIEW_NAMES, VIEWS_0002
+from infermeter.export.chargeback import VIEW_NAMES, VIEWS_0002
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 

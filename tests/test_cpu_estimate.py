@@ -13,22 +13,24 @@ from typing import Any
 
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
-from infermeter.discovery import Discovery
+from infermeter.discover.processes import start_time
+from infermeter.discover.targets import Discovery
 from infermeter.hookspecs import Meter, Recorder
-from infermeter.plugins import cpu_estimate, procfs, rapl
-from infermeter.plugins.cpu_estimate import CpuEstimateMeter
-from infermeter.plugins.cpu_power import (
+from infermeter.plugins import procfs
+from infermeter.plugins.cpu import estimate as cpu_estimate
+from infermeter.plugins.cpu import rapl
+from infermeter.plugins.cpu.estimate import CpuEstimateMeter
+from infermeter.plugins.cpu.power import (
     GENERIC_PER_THREAD_W,
     PER_THREAD_W,
     cpu_model_name,
     micro_architecture,
     power_model,
 )
-from infermeter.plugins.cpu_trace import RecordedTimes, read_rows
-from infermeter.plugins.cpu_weights import OTHER_PID, PsutilTimes
-from infermeter.processes import start_time
+from infermeter.plugins.cpu.trace import RecordedTimes, read_rows
+from infermeter.plugins.cpu.weights import OTHER_PID, PsutilTimes
 from infermeter.records import Bucket, DeviceKind, Framework, Method, Reading, Target
 
 FIXTURE = Path(__file__).parent / "fixtures" / "h100-serving"

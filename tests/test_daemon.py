@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import infermeter_cmd
 
-from infermeter.emitter import Emitter
 from infermeter.records import Span
+from infermeter.spans.emitter import Emitter
 
 POWER_W = 100.0
 IDLE_W = 40.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, infermeter_cmd
 
-import infermeter.demo
+import infermeter.sidecar.demo
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_demo_reports_the_cpu_model_the_tenants_and_the_h100(
 
 
 def test_the_packaged_recording_is_the_fixture() -> None:
-    packaged = infermeter.demo.TRACE
+    packaged = infermeter.sidecar.demo.TRACE
     fixture = FIXTURES / "h100-serving"
     names = sorted(p.name for p in fixture.iterdir())
     assert sorted(p.name for p in packaged.iterdir()) == names

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from infermeter.discovery import Discovery, ProcessInfo, process_info
+from infermeter.discover.targets import Discovery, ProcessInfo, process_info
 from infermeter.records import Target
 
 MARK = "infermeter-discovery-test-marker"

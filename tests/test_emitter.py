@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.context import RequestContext, current_request, request
-from infermeter.emitter import Emitter
 from infermeter.hookspecs import SpanEmitter
-from infermeter.receiver import SocketReceiver
 from infermeter.records import Span
-from infermeter.wire import decode_batch
+from infermeter.spans.context import RequestContext, current_request, request
+from infermeter.spans.emitter import Emitter
+from infermeter.spans.receiver import SocketReceiver
+from infermeter.spans.wire import decode_batch
 
 
 @pytest.fixture
@@ -380,7 +380,7 @@ def test_spans_buffered_at_exit_are_flushed(path: str) -> None:
         r = _run_python(
             """
             import os
-            from infermeter.emitter import Emitter
+            from infermeter.spans.emitter import Emitter
             from infermeter.records import Span
             e = Emitter(interval_s=3600)  # path from $INFERMETER_SOCKET
             for i in range(3):
@@ -405,7 +405,7 @@ def test_exit_with_the_agent_away_counts_every_span_and_says_so(path: str) -> No
         """
         import logging, os
         logging.basicConfig(level=logging.WARNING)
-        from infermeter.emitter import Emitter
+        from infermeter.spans.emitter import Emitter
         from infermeter.records import Span
         e = Emitter()
         for i in range(50_000):
@@ -421,7 +421,7 @@ def test_exit_with_the_agent_away_counts_every_span_and_says_so(path: str) -> No
 EXIT_BURST = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.WARNING)
-from infermeter.emitter import Emitter
+from infermeter.spans.emitter import Emitter
 from infermeter.records import Span
 n, exit_timeout_s = int(sys.argv[1]), float(sys.argv[2])
 e = Emitter(interval_s=3600, exit_timeout_s=exit_timeout_s)  # only the exit sends
@@ -526,7 +526,7 @@ def test_when_the_agent_cannot_even_take_the_count_the_exit_logs_it(path: str) -
 
 MP_WORKER = """
 import multiprocessing as mp, os, sys
-from infermeter.emitter import Emitter
+from infermeter.spans.emitter import Emitter
 from infermeter.records import Span
 emitter = Emitter(interval_s=3600)  # made before the fork, as instrument() would be
 
@@ -597,7 +597,7 @@ def test_instrument_is_idempotent_and_a_broken_plugin_never_reaches_the_app(
             import sys
             sys.path.insert(0, {str(site)!r})
             import infermeter
-            assert "infermeter.sdk" not in sys.modules  # `import infermeter` stays light
+            assert "infermeter.spans.sdk" not in sys.modules  # `import infermeter` stays light
             e = infermeter.instrument()
             assert infermeter.instrument() is e
             print(" ".join(e.patched))

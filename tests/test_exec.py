@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from conftest import infermeter_cmd
 
-from infermeter.receiver import SocketReceiver
 from infermeter.records import Span
+from infermeter.spans.receiver import SocketReceiver
 
 # What the instrumented program runs: it checks that instrument() already ran
 # before its first line, then emits a span through the process's emitter.
 CHILD = """
 import os, sys
-from infermeter.sdk import current_emitter
+from infermeter.spans.sdk import current_emitter
 from infermeter.records import Span
 emitter = current_emitter()
 assert emitter is not None, "not instrumented"

@@ -25,7 +25,7 @@ APP = r"""
 import logging, os, sys, time
 logging.basicConfig(level=logging.WARNING)  # so that a count the agent missed is seen
 from infermeter.records import Span
-from infermeter.sdk import current_emitter
+from infermeter.spans.sdk import current_emitter
 life, burst = int(sys.argv[1]), int(sys.argv[2])
 e = current_emitter()
 assert e is not None, "not instrumented"

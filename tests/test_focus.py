@@ -24,8 +24,8 @@ from chargeback_data import fill, pg_database
 from conftest import infermeter_cmd
 from sqlalchemy import text
 
-from infermeter import focus
 from infermeter.errors import InfermeterError
+from infermeter.export import focus
 from infermeter.store.engine import open_engine
 
 MONTH = "2026-11"

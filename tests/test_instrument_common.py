@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infermeter.plugins import _instrument as base
+from infermeter.plugins.instrument import _base as base
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from ai_edge_litert import interpreter as litert
 from span_sink import MemoryEmitter
 
-from infermeter.plugins import instrument_litert as plugin
+from infermeter.plugins.instrument import litert as plugin
 
 TESTS = Path(__file__).resolve().parent
 MODEL = TESTS / "fixtures" / "models" / "tiny_fc.tflite"
@@ -191,7 +191,7 @@ import sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from span_sink import MemoryEmitter
-from infermeter.plugins import instrument_litert as plugin
+from infermeter.plugins.instrument import litert as plugin
 em = MemoryEmitter()
 print("patched-before-import", plugin.patch(em), {module!r} in sys.modules)
 from {module} import Interpreter

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 from span_sink import MemoryEmitter
 
-from infermeter.plugins import instrument_onnxruntime as plugin
+from infermeter.plugins.instrument import onnxruntime as plugin
 
 TESTS = Path(__file__).resolve().parent
 SESSION = ort.capi.onnxruntime_inference_collection.Session
@@ -227,7 +227,7 @@ IMPORT_LATER = """
 import sys
 sys.path.insert(0, {tests!r})
 from span_sink import MemoryEmitter
-from infermeter.plugins import instrument_onnxruntime as plugin
+from infermeter.plugins.instrument import onnxruntime as plugin
 em = MemoryEmitter()
 print("patched-before-import", plugin.patch(em), "onnxruntime" in sys.modules)
 import numpy as np

@@ -17,7 +17,8 @@ import torch
 from span_sink import MemoryEmitter
 from torch import nn
 
-from infermeter.plugins import _instrument, instrument_torch
+from infermeter.plugins.instrument import _base as _instrument
+from infermeter.plugins.instrument import torch as instrument_torch
 
 ORIGINAL_CALL = nn.Module.__call__
 TESTS = Path(__file__).resolve().parent
@@ -337,7 +338,7 @@ IMPORT_LATER = """
 import sys, json
 sys.path.insert(0, {tests!r})
 from span_sink import MemoryEmitter
-from infermeter.plugins import instrument_torch
+from infermeter.plugins.instrument import torch as instrument_torch
 em = MemoryEmitter()
 assert "torch" not in sys.modules
 print("patched-before-import", instrument_torch.patch(em), "torch" in sys.modules)

@@ -28,9 +28,9 @@ from conftest import PG_ADMIN_URL, infermeter_cmd
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from infermeter.attribute.ledger import SpanLedger
 from infermeter.records import Span
-from infermeter.span_ledger import SpanLedger
-from infermeter.wire import decode_batch, encode_batch
+from infermeter.spans.wire import decode_batch, encode_batch
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ import pytest
 from conftest import infermeter_cmd
 
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.records import Bucket, Framework, Method
+from infermeter.sidecar.agent import Agent
 
 pytestmark = pytest.mark.slow
 

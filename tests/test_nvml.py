@@ -18,14 +18,14 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.plugins import nvml as plugin
-from infermeter.plugins.nvml_devices import open_gpus
-from infermeter.plugins.nvml_meter import COUNTER_PROBE_S, NvmlMeter
-from infermeter.plugins.nvml_replay import MigInstance, NvmlStandIn, ReplayNvmlMeter
-from infermeter.plugins.nvml_samples import integrate
-from infermeter.plugins.nvml_trace import replay_targets
+from infermeter.plugins.nvml.devices import open_gpus
+from infermeter.plugins.nvml.meter import COUNTER_PROBE_S, NvmlMeter
+from infermeter.plugins.nvml.replay import MigInstance, NvmlStandIn, ReplayNvmlMeter
+from infermeter.plugins.nvml.samples import integrate
+from infermeter.plugins.nvml.trace import replay_targets
 from infermeter.records import Bucket, Method, Reading, Share
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -23,9 +23,9 @@ import pynvml
 import pytest
 from conftest import FIXTURES, infermeter_cmd
 
-from infermeter.plugins.nvml_meter import COUNTER_PROBE_S, POWER_MARGIN
-from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
-from infermeter.plugins.nvml_samples import integrate
+from infermeter.plugins.nvml.meter import COUNTER_PROBE_S, POWER_MARGIN
+from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
+from infermeter.plugins.nvml.samples import integrate
 from infermeter.records import Method, Reading
 
 SERVING = FIXTURES / "h100-serving"

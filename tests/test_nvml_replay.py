@@ -14,10 +14,10 @@ from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.hookspecs import Meter, Recorder
 from infermeter.plugin_manager import PluginManager
 from infermeter.plugins import nvml as plugin
-from infermeter.plugins.nvml_devices import baseline_for, open_gpus
-from infermeter.plugins.nvml_record import NvmlRecorder
-from infermeter.plugins.nvml_replay import NvmlStandIn, ReplayNvmlMeter
-from infermeter.plugins.nvml_trace import DEVICE_COLUMNS
+from infermeter.plugins.nvml.devices import baseline_for, open_gpus
+from infermeter.plugins.nvml.record import NvmlRecorder
+from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
+from infermeter.plugins.nvml.trace import DEVICE_COLUMNS
 from infermeter.records import Framework, Reading
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

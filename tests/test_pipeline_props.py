@@ -37,17 +37,17 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.receiver import SocketReceiver
 from infermeter.records import Span
-from infermeter.replay import replay_targets, targets_at
-from infermeter.report import build_report
+from infermeter.report.build import build_report
+from infermeter.sidecar.agent import Agent
+from infermeter.sidecar.replay import replay_targets, targets_at
+from infermeter.spans.receiver import SocketReceiver
+from infermeter.spans.wire import encode_batch
 from infermeter.store import migrate, schema
 from infermeter.store.engine import open_engine
 from infermeter.store.request_rollup import complete_until
 from infermeter.store.writer import Store
-from infermeter.wire import encode_batch
 
 TRACE = FIXTURES / "h100-serving"
 HOST = "pipeline-props"

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from infermeter import pricing
 from infermeter.config import CORE_OPTIONS, build_config, load_config
 from infermeter.errors import ConfigError
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.pricing import CARD_OPTIONS, card_from_config, price_share
+from infermeter.price import pricing
+from infermeter.price.pricing import CARD_OPTIONS, card_from_config, price_share
 from infermeter.records import Bucket, Device, DeviceKind, Method, Share
 
 H100 = Device(uid="GPU-0", kind=DeviceKind.GPU, name="NVIDIA H100 80GB HBM3")

@@ -112,7 +112,7 @@ def test_an_existing_folder_and_open_store_are_left_as_found_with_a_warning(
     db = folder / "store.db"
     sqlite3.connect(db).close()  # made by someone else, with their umask
     os.chmod(db, 0o644)
-    with caplog.at_level(logging.WARNING, logger="infermeter.private_files"):
+    with caplog.at_level(logging.WARNING, logger="infermeter.store.private_files"):
         open_engine(f"sqlite:///{db}", create_dir=True, warn_public=True).dispose()
     assert mode(folder) == 0o755 and mode(db) == 0o644
     (warning,) = [r.getMessage() for r in caplog.records]
@@ -125,7 +125,7 @@ def test_a_private_store_opens_without_a_warning(
 ) -> None:
     db = tmp_path / "store.db"
     open_engine(f"sqlite:///{db}").dispose()
-    with caplog.at_level(logging.WARNING, logger="infermeter.private_files"):
+    with caplog.at_level(logging.WARNING, logger="infermeter.store.private_files"):
         open_engine(f"sqlite:///{db}", warn_public=True).dispose()
     assert mode(db) == 0o600 and caplog.records == []
 
@@ -137,7 +137,7 @@ def test_only_the_agent_warns_about_an_open_store(
     db = tmp_path / "store.db"
     sqlite3.connect(db).close()
     os.chmod(db, 0o644)
-    with caplog.at_level(logging.WARNING, logger="infermeter.private_files"):
+    with caplog.at_level(logging.WARNING, logger="infermeter.store.private_files"):
         open_engine(f"sqlite:///{db}").dispose()
     assert caplog.records == []
 

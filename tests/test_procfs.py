@@ -15,12 +15,12 @@ from typing import Any
 import psutil
 import pytest
 
-from infermeter import processes as procfs_scan
 from infermeter.config import CORE_OPTIONS, Config, build_config
+from infermeter.discover import processes as procfs_scan
+from infermeter.discover.processes import ProcessInfo
 from infermeter.errors import ConfigError
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.plugins import procfs
-from infermeter.processes import ProcessInfo
 from infermeter.records import Framework
 
 pytestmark = pytest.mark.slow
@@ -187,7 +187,7 @@ def test_discovery_through_the_entry_point(procs: dict[str, subprocess.Popen[byt
 DENIED_CHILD = """
 import json, logging, os, sys
 from infermeter.config import CORE_OPTIONS, build_config
-from infermeter import processes as procfs_scan
+from infermeter.discover import processes as procfs_scan
 from infermeter.plugins import procfs
 logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="LOG %(levelname)s %(message)s")
 rules = [{"cmdline": "import torch", "labels": {"team": "t"}}]
@@ -306,8 +306,8 @@ def test_process_table_scan_cost() -> None:
 
 def test_rules_match_the_redacted_command_line() -> None:
     """Through the agent's own discovery: a rule sees ***, never the secret it replaced."""
-    from infermeter.discovery import Discovery
-    from infermeter.redact import patterns_for
+    from infermeter.discover.redact import patterns_for
+    from infermeter.discover.targets import Discovery
 
     pm = make_plugin_manager()
     rules = [

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.attribution import Baseline, attribute_reading
+from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
+from infermeter.discover.processes import start_time
 from infermeter.hookspecs import Meter
-from infermeter.plugins import cpu_estimate, rapl
-from infermeter.plugins.cpu_weights import PsutilTimes
-from infermeter.processes import start_time
+from infermeter.plugins.cpu import estimate as cpu_estimate
+from infermeter.plugins.cpu import rapl
+from infermeter.plugins.cpu.weights import PsutilTimes
 from infermeter.records import Bucket, DeviceKind, Method, Target
 
 INTEL_RANGE = 262_143_328_850  # what Intel servers report, in uJ
@@ -280,7 +281,8 @@ def test_estimate_stands_aside_only_when_rapl_measures(
 DENIED_CHILD = """
 import json, logging, os, sys
 from infermeter.config import CORE_OPTIONS, build_config
-from infermeter.plugins import cpu_estimate, rapl
+from infermeter.plugins.cpu import estimate as cpu_estimate
+from infermeter.plugins.cpu import rapl
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(levelname)s %(message)s")
 root = sys.argv[1]
 options = [*CORE_OPTIONS, *rapl.infermeter_config_options(),

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import func, select
 
 from infermeter import hookimpl
+from infermeter.attribute.readings import implausible
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.reading_checks import implausible
 from infermeter.records import Device, DeviceKind, Method, Reading, Target
+from infermeter.sidecar.agent import Agent
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.models import UsageShare
@@ -109,7 +109,7 @@ def test_the_agent_refuses_a_spike_and_stores_the_rest(
     agent = Agent(config, pm, Store(engine, "h"), targets=lambda _now: {}, span_sources=[])
     agent.start()
     assert plugin.called == 1
-    caplog.set_level(logging.WARNING, logger="infermeter.loop")
+    caplog.set_level(logging.WARNING, logger="infermeter.sidecar.agent")
     for now in range(1_000_000, 1_000_031):
         agent.tick(float(now))
     agent.flush(1_000_030.0, final=True)

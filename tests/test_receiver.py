@@ -19,13 +19,13 @@ import pytest
 from conftest import infermeter_cmd
 
 from infermeter.config import build_config
-from infermeter.emitter import Emitter
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import SpanSource
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.receiver import SocketReceiver, socket_group
 from infermeter.records import Span
-from infermeter.wire import MAX_DATAGRAM, encode_batch
+from infermeter.spans.emitter import Emitter
+from infermeter.spans.receiver import SocketReceiver, socket_group
+from infermeter.spans.wire import MAX_DATAGRAM, encode_batch
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_a_deleted_socket_directory_is_made_again_and_senders_carry_on(
     An emitter connected to the old socket finds the new one on its next
     datagram: both spans arrive and it counts no drop.
     """
-    caplog.set_level("WARNING", logger="infermeter.receiver")
+    caplog.set_level("WARNING", logger="infermeter.spans.receiver")
     run = sock_dir / "run"
     r = SocketReceiver(str(run / "spans.sock"))
     emitter = Emitter(r.path, interval_s=0.02)
@@ -405,7 +405,7 @@ def test_the_senders_remembered_are_bounded_and_their_drops_still_counted(
     Each datagram here says its sender dropped 3 spans; after the first
     _MAX_PIDS senders, the others are folded into pid 0, so no count is lost.
     """
-    from infermeter import receiver as receiver_module
+    from infermeter.spans import receiver as receiver_module
 
     r = SocketReceiver(str(sock_dir / "s.sock"), start=False)
     try:

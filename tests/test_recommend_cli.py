@@ -26,15 +26,15 @@ from infermeter.cli import recommend as recommend_cli
 from infermeter.config import CORE_OPTIONS, build_config
 from infermeter.errors import InfermeterError
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.plugins import recommend_powercap
-from infermeter.plugins.nvml_replay import NvmlStandIn
-from infermeter.recommend import collect
-from infermeter.recommend_money import Subject, WindowSaving, advice
-from infermeter.recommend_options import OPTIONS
-from infermeter.recommend_stats import Stats
-from infermeter.recommend_store import find, listing, set_status, upsert
+from infermeter.plugins.nvml.replay import NvmlStandIn
+from infermeter.plugins.recommend import powercap as recommend_powercap
+from infermeter.recommend.money import Subject, WindowSaving, advice
+from infermeter.recommend.options import OPTIONS
+from infermeter.recommend.run import collect
+from infermeter.recommend.stats import Stats
+from infermeter.recommend.stored import find, listing, set_status, upsert
 from infermeter.records import Recommendation
-from infermeter.replay import replay
+from infermeter.sidecar.replay import replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

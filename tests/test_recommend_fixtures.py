@@ -27,14 +27,14 @@ import pytest
 from conftest import FIXTURES
 
 from infermeter.config import Config, build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import PluginManager, make_plugin_manager
-from infermeter.pricing import J_PER_KWH, card_from_config
-from infermeter.recommend import collect
-from infermeter.recommend_build import build_stats
-from infermeter.recommend_stats import Stats
+from infermeter.price.pricing import J_PER_KWH, card_from_config
+from infermeter.recommend.build import build_stats
+from infermeter.recommend.run import collect
+from infermeter.recommend.stats import Stats
 from infermeter.records import Recommendation
-from infermeter.replay import recorded_spans, replay
+from infermeter.sidecar.agent import Agent
+from infermeter.sidecar.replay import recorded_spans, replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

@@ -19,10 +19,10 @@ from test_recommend_rules import (
     target,
 )
 
-from infermeter.recommend import collect
-from infermeter.recommend_calls import _mean_over, extend, overlap
-from infermeter.recommend_money import CONFIDENCES, WindowSaving, monthly_savings
-from infermeter.recommend_stats import (
+from infermeter.recommend.calls import _mean_over, extend, overlap
+from infermeter.recommend.money import CONFIDENCES, WindowSaving, monthly_savings
+from infermeter.recommend.run import collect
+from infermeter.recommend.stats import (
     BatchPoint,
     DeviceSample,
     DeviceStats,

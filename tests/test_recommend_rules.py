@@ -14,16 +14,14 @@ import pytest
 
 from infermeter.config import Config, build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.plugins import (
-    recommend_batch,
-    recommend_idle,
-    recommend_placement,
-    recommend_powercap,
-    recommend_quantize,
-    recommend_rightsize,
-)
-from infermeter.pricing import card_from_config
-from infermeter.recommend_stats import (
+from infermeter.plugins.recommend import batch as recommend_batch
+from infermeter.plugins.recommend import idle as recommend_idle
+from infermeter.plugins.recommend import placement as recommend_placement
+from infermeter.plugins.recommend import powercap as recommend_powercap
+from infermeter.plugins.recommend import quantize as recommend_quantize
+from infermeter.plugins.recommend import rightsize as recommend_rightsize
+from infermeter.price.pricing import card_from_config
+from infermeter.recommend.stats import (
     BatchPoint,
     DeviceInfo,
     DeviceSample,

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infermeter.config import CORE_OPTIONS, build_config
-from infermeter.errors import ConfigError
-from infermeter.redact import (
+from infermeter.discover.redact import (
     DEFAULT_PATTERNS,
     REDACTED,
     check_patterns,
@@ -21,6 +20,7 @@ from infermeter.redact import (
     patterns_for,
     redact_cmdline,
 )
+from infermeter.errors import ConfigError
 
 DEFAULTS = default_patterns()
 

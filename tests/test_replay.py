@@ -1,6 +1,6 @@
 """The whole agent over the two H100 recordings, through the real meter code.
 
-The NVML stand-in answers from the recording (plugins/nvml_replay.py); the
+The NVML stand-in answers from the recording (plugins/nvml/replay.py); the
 rest is what runs live: attribution, span splitting, the store.
 """
 
@@ -19,10 +19,10 @@ import pytest
 from conftest import FIXTURES, infermeter_cmd
 
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.records import Bucket, Method, Share
-from infermeter.replay import ReplayResult, replay
+from infermeter.sidecar.agent import Agent
+from infermeter.sidecar.replay import ReplayResult, replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

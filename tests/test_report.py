@@ -27,13 +27,13 @@ from conftest import FIXTURES, ROOT, infermeter_cmd
 from rich.console import Console
 from sqlalchemy import delete, func, insert, select, text
 
-from infermeter import cost_histogram
 from infermeter.cli.report import parse_duration, parse_time, render, sig, since_start
 from infermeter.config import build_config
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.report import GROUPINGS, build_report
-from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.report.build import GROUPINGS, build_report
+from infermeter.report.render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.sidecar.agent import Agent
+from infermeter.store import histogram as cost_histogram
 from infermeter.store import migrate, schema
 from infermeter.store.engine import open_engine
 from infermeter.store.models import (

@@ -16,9 +16,9 @@ from infermeter.config import build_config
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import hookimpl
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.pricing import Price, card_from_config
-from infermeter.replay import replay
-from infermeter.reprice import parse_time, reprice
+from infermeter.price.pricing import Price, card_from_config
+from infermeter.price.reprice import parse_time, reprice
+from infermeter.sidecar.replay import replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store

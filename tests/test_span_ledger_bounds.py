@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infermeter.attribute.ledger import FUTURE, MALFORMED, REFUSALS, TOO_OLD, SpanLedger
 from infermeter.records import Bucket, Method, Share, Span, Target
 from infermeter.shedding import ShedLog
-from infermeter.span_ledger import FUTURE, MALFORMED, REFUSALS, TOO_OLD, SpanLedger
 
 TARGET = Target(host="h", pid=7, start_time=1.0)
 KEY = TARGET.key
@@ -172,7 +172,7 @@ def test_refused_spans_take_no_memory() -> None:
 
 def test_the_ledger_logs_once_per_burst_with_the_totals(caplog: pytest.LogCaptureFixture) -> None:
     ledger = SpanLedger(horizon_s=10.0)
-    caplog.set_level(logging.WARNING, logger="infermeter.span_ledger")
+    caplog.set_level(logging.WARNING, logger="infermeter.attribute.ledger")
     for i in range(200):  # 200 ticks of a flood, one flush per 10 ticks
         ledger.add([span(i, 1e9), span(i, 2e9)], now=float(i))
         if i % 10 == 9:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infermeter.attribute.ledger import SpanLedger
+from infermeter.attribute.span_split import split_over_spans
 from infermeter.records import Bucket, Method, Share, Span, Target
-from infermeter.span_ledger import SpanLedger
-from infermeter.span_split import split_over_spans
 
 KEY = ("h", 7, 1.0)
 

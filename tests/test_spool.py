@@ -24,11 +24,12 @@ from conftest import infermeter_cmd
 from private_pg import PrivatePostgres, private_postgres
 from sqlalchemy import create_engine, text
 
+from infermeter.attribute.ledger import CallEnergy
+from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.config import build_config
 from infermeter.errors import StoreError
-from infermeter.loop import Agent
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.pricing import Price, card_from_config
+from infermeter.price.pricing import Price, card_from_config
 from infermeter.records import (
     Bucket,
     Device,
@@ -40,12 +41,11 @@ from infermeter.records import (
     Span,
     Target,
 )
-from infermeter.span_ledger import CallEnergy
+from infermeter.sidecar.agent import Agent
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.spool import read_spool, spool_path, write_spool
 from infermeter.store.writer import FlushBatch, Store
-from infermeter.windows import DeviceWindowRecord
 
 POWER_W = 100.0
 HOST = "spool-host"
@@ -278,7 +278,7 @@ def test_a_failing_store_says_what_it_holds_against_the_bound_and_what_it_droppe
 
     assert flush_one(1) == 2
     pg.stop()
-    caplog.set_level("INFO", logger="infermeter.loop")
+    caplog.set_level("INFO", logger="infermeter.sidecar.agent")
     for n in (2, 3, 4):
         caplog.clear()
         assert flush_one(n) == 0

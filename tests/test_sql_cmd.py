@@ -22,7 +22,7 @@ from conftest import FIXTURES, infermeter_cmd
 from pg_reader import reader_role, sql_config
 from sqlalchemy import inspect, text
 
-from infermeter.chargeback import VIEW_NAMES
+from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.engine import open_engine, sqlite_path
 from infermeter.store.readonly import ONE_STATEMENT_MESSAGE, READ_ONLY_MESSAGE
 

@@ -33,7 +33,7 @@ from pg_reader import drop_roles, reader_role, sql_config, unique_role
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from infermeter.chargeback import VIEW_NAMES
+from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.readonly import (
     GRANT_HINT,
     ONE_STATEMENT_MESSAGE,

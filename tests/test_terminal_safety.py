@@ -41,10 +41,10 @@ from test_top import Screen
 from infermeter.cli.recommend import render as render_recommendations
 from infermeter.cli.report import render as render_report
 from infermeter.cli.top import render as render_top
-from infermeter.live import DeviceNow, Snapshot, UseNow
-from infermeter.recommend_store import StoredRecommendation, upsert
+from infermeter.recommend.stored import StoredRecommendation, upsert
 from infermeter.records import Recommendation, Savings
-from infermeter.report import Amount, Costs, Group, RecommendationLine, Report, RequestStats
+from infermeter.report.build import Amount, Costs, Group, RecommendationLine, Report, RequestStats
+from infermeter.report.top import DeviceNow, Snapshot, UseNow
 from infermeter.store.engine import open_engine
 
 # Hostile labels and the visible form each must take on a terminal.

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, infermeter_cmd
 
-from infermeter.live import open_readonly, recent_requests_query, recent_usage_query, snapshot
+from infermeter.report.top import open_readonly, recent_requests_query, recent_usage_query, snapshot
 from infermeter.store.engine import open_engine
 from infermeter.store.models import Host
 

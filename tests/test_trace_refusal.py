@@ -23,11 +23,11 @@ from conftest import FIXTURES, infermeter_cmd
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.replay import check_trace, replay
+from infermeter.sidecar.replay import check_trace, replay
+from infermeter.sidecar.trace_check import TraceError
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store
-from infermeter.trace_check import TraceError
 
 SERVING = FIXTURES / "h100-serving"
 ENCODER = FIXTURES / "h100-resnet-encoder"
@@ -367,7 +367,8 @@ def test_a_gap_knows_the_recorded_time_it_leaves_out(tmp_path: Path) -> None:
 
 
 def test_the_replay_hook_reports_only_its_own_files(tmp_path: Path) -> None:
-    from infermeter.plugins import cpu_estimate, nvml
+    from infermeter.plugins import nvml
+    from infermeter.plugins.cpu import estimate as cpu_estimate
 
     trace, path, line, _ = damaged(tmp_path, "device-garbage")
     (gpu,) = nvml.infermeter_replay_check(trace)

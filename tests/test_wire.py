@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermeter import wire
 from infermeter.records import Span
-from infermeter.wire import (
+from infermeter.spans import wire
+from infermeter.spans.wire import (
     MAX_DATAGRAM,
     MAX_NAME,
     MAX_SHORT,

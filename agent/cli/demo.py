@@ -1,6 +1,6 @@
 """``infermeter demo``: a real agent, a real CPU model, the H100 recording, then the report.
 
-The work is in infermeter.demo; this shows where it is (on stderr, with a
+The work is in infermeter.sidecar.demo; this shows where it is (on stderr, with a
 progress bar when stderr is a terminal) and ends with the report: by model,
 then by tenant, with the recommendations.
 """
@@ -16,9 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import cli
 from infermeter.cli.report import cost_table, render
-from infermeter.demo import run_demo
-from infermeter.report import build_report
+from infermeter.report.build import build_report
 from infermeter.safe_text import label, printable
+from infermeter.sidecar.demo import run_demo
 from infermeter.store.engine import open_engine
 
 

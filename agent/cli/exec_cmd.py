@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from infermeter.cli import cli
-from infermeter.wire import ENV_SOCKET
+from infermeter.spans.wire import ENV_SOCKET
 
 SITE_DIR = Path(__file__).resolve().parent.parent / "_site"
 ENV_AUTO = "INFERMETER_AUTO_INSTRUMENT"

@@ -2,7 +2,7 @@
 
 CSV goes to stdout by default so the export pipes into any loader; the one
 summary line goes to stderr then, never into the data. The mapping is
-documented in infermeter.focus and contrib/sql/README.md.
+documented in infermeter.export.focus and contrib/sql/README.md.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from infermeter import focus
 from infermeter.cli import App, cli, pass_app
 from infermeter.errors import InfermeterError, StoreError
+from infermeter.export import focus
 from infermeter.safe_text import printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact, sqlite_path

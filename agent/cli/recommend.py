@@ -24,12 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from infermeter import recommend as recommend_step
 from infermeter.cli import App, cli, pass_app
-from infermeter.daemon import open_store
-from infermeter.pricing import card_or_none
-from infermeter.recommend_store import StoredRecommendation, find, listing, set_status
+from infermeter.price.pricing import card_or_none
+from infermeter.recommend import run as recommend_step
+from infermeter.recommend.stored import StoredRecommendation, find, listing, set_status
 from infermeter.safe_text import label, printable
+from infermeter.sidecar.daemon import open_store
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -188,7 +188,7 @@ def apply_cmd(app: App, ident: str, yes: bool) -> None:
                 )
                 return
             # The setter lives with the advice it acts on; only this path needs it.
-            from infermeter.plugins.recommend_powercap import apply_power_cap
+            from infermeter.plugins.recommend.powercap import apply_power_cap
 
             got = apply_power_cap(nvml_module(), uid, watts)
             set_status(engine, stored.stable_id, "applied")

@@ -1,6 +1,6 @@
 """``infermeter report``: what inference cost, per model, tenant, target, device or host.
 
-The numbers come from infermeter.report (pure data); this module only
+The numbers come from infermeter.report.build (pure data); this module only
 parses the options and renders: rich tables that fit 80 columns (no colour
 when the output is not a terminal), ``--json`` (docs/report.json.md) or
 ``--csv``. Money the price card could not price is printed "unpriced",
@@ -26,8 +26,8 @@ from sqlalchemy import Engine
 from infermeter.cli import App, cli, pass_app
 from infermeter.csv_out import RowWriter
 from infermeter.errors import StoreError
-from infermeter.report import GROUPINGS, Amount, Report, build_report
-from infermeter.report_render import CSV_COLUMNS, csv_rows, report_json
+from infermeter.report.build import GROUPINGS, Amount, Report, build_report
+from infermeter.report.render import CSV_COLUMNS, csv_rows, report_json
 from infermeter.safe_text import label, printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact

@@ -1,6 +1,6 @@
 """``infermeter reprice``: price stored rows again with the config's current card.
 
-See infermeter.reprice for what is recomputed and why a changed card needs a
+See infermeter.price.reprice for what is recomputed and why a changed card needs a
 new version. It writes while an agent may be writing too: each chunk of
 time is its own short transaction, so the agent is never held up for long.
 """
@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import App, cli, pass_app
-from infermeter.daemon import open_store
 from infermeter.errors import ConfigError, StoreError
-from infermeter.pricing import card_or_none
-from infermeter.reprice import RepriceResult, Sums, parse_time, reprice
+from infermeter.price.pricing import card_or_none
+from infermeter.price.reprice import RepriceResult, Sums, parse_time, reprice
 from infermeter.safe_text import printable
+from infermeter.sidecar.daemon import open_store
 from infermeter.store.engine import sqlite_path
 
 

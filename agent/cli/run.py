@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from infermeter.cli import App, cli, pass_app
-from infermeter.daemon import run_daemon
+from infermeter.sidecar.daemon import run_daemon
 
 
 @cli.command()

@@ -29,8 +29,8 @@ from sqlalchemy import Connection, func, select
 
 from infermeter.cli import App, cli, pass_app
 from infermeter.errors import StoreError
-from infermeter.loop import SPAN_SOURCES_KEY
 from infermeter.safe_text import printable
+from infermeter.sidecar.agent import SPAN_SOURCES_KEY
 from infermeter.store import schema
 from infermeter.store.engine import sqlite_path
 from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY

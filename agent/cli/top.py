@@ -1,6 +1,6 @@
 """``infermeter top``: a live full-screen view of what the devices and models draw and cost.
 
-It reads the running agent's store read-only (infermeter.live), once a
+It reads the running agent's store read-only (infermeter.report.top), once a
 second, and never writes. Keys come from the terminal in cbreak mode (no
 line buffering, no echo, signals still on), polled with ``select`` so the
 refresh never waits on a key: ``q`` quits, and Ctrl-C (SIGINT) quits the
@@ -32,8 +32,8 @@ from rich.text import Text
 
 from infermeter.cli import App, cli, pass_app
 from infermeter.cli.report import money, share
-from infermeter.live import Snapshot, UseNow, open_readonly, snapshot
-from infermeter.report import Amount
+from infermeter.report.build import Amount
+from infermeter.report.top import Snapshot, UseNow, open_readonly, snapshot
 from infermeter.safe_text import label, printable
 from infermeter.store.engine import redact
 

@@ -9,13 +9,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import App, cli, pass_app
-from infermeter.daemon import open_store
-from infermeter.record import record as record_trace
-from infermeter.replay import check_trace, trace_host
-from infermeter.replay import replay as replay_trace
 from infermeter.safe_text import printable
+from infermeter.sidecar.daemon import open_store
+from infermeter.sidecar.record import record as record_trace
+from infermeter.sidecar.replay import check_trace, trace_host
+from infermeter.sidecar.replay import replay as replay_trace
+from infermeter.sidecar.trace_check import TraceError, first
 from infermeter.store.writer import Store
-from infermeter.trace_check import TraceError, first
 
 
 @cli.command()

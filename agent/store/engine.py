@@ -7,7 +7,7 @@ block the writer.
 A SQLite store this opens for the first time is created here, 0600, before
 SQLite sees it: SQLite gives the ``-wal`` and ``-shm`` files the database
 file's permissions, so none of the three is readable by other users. A
-folder made for it (``create_dir``) is 0700. See ``infermeter.private_files``.
+folder made for it (``create_dir``) is 0700. See ``infermeter.store.private_files``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from infermeter.errors import StoreError
-from infermeter.private_files import create_private_file, private_dir, warn_if_public
+from infermeter.store.private_files import create_private_file, private_dir, warn_if_public
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -5,7 +5,7 @@ report also needs what it does not keep, hour by hour, so that it never
 reads millions of raw rows:
 
 - ``request_hourly``: requests, calls, items, tokens, energy and cost, and a
-  histogram of cost per request (infermeter.cost_histogram), at three
+  histogram of cost per request (infermeter.store.histogram), at three
   grains (per model, per target, per host; see schema.request_hourly). A
   request is the calls that share a ``request_id`` within one hour and one
   row of the grain; a call without a request id is a request of its own.
@@ -67,6 +67,7 @@ from sqlalchemy import (
     union,
 )
 
+from infermeter.spans.wire import MAX_COUNT
 from infermeter.store import schema
 from infermeter.store.quarantine import database_away, one_line, quarantine
 from infermeter.store.request_sql import (
@@ -79,7 +80,6 @@ from infermeter.store.request_sql import (
     no_index,
     raw_request_totals,
 )
-from infermeter.wire import MAX_COUNT
 
 if TYPE_CHECKING:  # the report reads these tables without loading the writer
     from infermeter.store.writer import Store

@@ -12,7 +12,7 @@ through Python on its own: one pass sums calls, items, energy and money per
 (host, hour, target, model, tenant), which any grain adds up; then, per
 grain, calls are grouped into requests (only the columns the percentiles
 and tokens need, which keeps the database's sort narrow) and the requests
-counted per cost bucket (infermeter.cost_histogram). The rollup of an hour
+counted per cost bucket (infermeter.store.histogram). The rollup of an hour
 and the raw rows at a report's edges both come from here, so they agree to
 the bucket.
 """
@@ -35,7 +35,7 @@ from sqlalchemy import (
     select,
 )
 
-from infermeter import cost_histogram
+from infermeter.store import histogram as cost_histogram
 from infermeter.store import schema
 
 GRAINS = ("model", "target", "host")

@@ -28,8 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from infermeter.attribute.ledger import CallEnergy
+from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.errors import StoreError
-from infermeter.pricing import DeviceRate, Price, PriceCard, TimeOfUse
+from infermeter.price.pricing import DeviceRate, Price, PriceCard, TimeOfUse
 from infermeter.records import (
     Bucket,
     Device,
@@ -41,10 +43,8 @@ from infermeter.records import (
     Target,
     TargetKey,
 )
-from infermeter.span_ledger import CallEnergy
 from infermeter.store.engine import redact
 from infermeter.store.writer import FlushBatch
-from infermeter.windows import DeviceWindowRecord
 
 FORMAT = "infermeter-spool"
 VERSION = 1

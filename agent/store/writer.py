@@ -27,10 +27,11 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, not_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from infermeter.attribute.ledger import CallEnergy
+from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.errors import StoreError
-from infermeter.pricing import Price, PriceCard
+from infermeter.price.pricing import Price, PriceCard
 from infermeter.records import Device, Share, Target, TargetKey
-from infermeter.span_ledger import CallEnergy
 from infermeter.store.models import (
     AgentState,
     Base,
@@ -45,7 +46,6 @@ from infermeter.store.models import (
     UsageShare,
 )
 from infermeter.store.quarantine import as_json, one_line, quarantine, refused_by_data
-from infermeter.windows import DeviceWindowRecord
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from infermeter.chargeback import VIEWS_0002, create_views, drop_views
+from infermeter.export.chargeback import VIEWS_0002, create_views, drop_views
 
 revision: str = "0005"
 down_revision: str | None = "0004"

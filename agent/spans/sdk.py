@@ -1,0 +1,76 @@
+"""``infermeter.instrument()``: meter this process's model calls, once.
+
+Called by the application (or by ``infermeter exec``'s sitecustomize before
+the application starts). It builds the process's one Emitter and asks every
+plugin's ``infermeter_instrument`` hook to patch the runtimes it knows. The
+application must never pay for a broken plugin: loading and each hook call
+are guarded one by one, and a failure is a log record on the ``infermeter``
+logger (which has a NullHandler, so it prints only if the application
+configured logging).
+
+The module is ``sdk``, not ``instrument``: a submodule named like the
+function would replace ``infermeter.instrument`` by itself once imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from infermeter.spans.emitter import Emitter
+
+log = logging.getLogger("infermeter")
+log.addHandler(logging.NullHandler())
+
+_lock = threading.Lock()
+_emitter: Emitter | None = None
+_plugins_done = False
+
+
+def instrument(socket_path: str | None = None, plugins: bool = True) -> Emitter:
+    """Start metering this process and return its Emitter; later calls return the same.
+
+    ``socket_path`` defaults to ``$INFERMETER_SOCKET`` or the system agent's
+    path (``wire.default_socket_path``) and counts only on the first call.
+    ``plugins=False`` gives the emitter without patching anything (manual
+    spans); a later call with ``plugins=True`` still patches, once.
+    Never raises.
+    """
+    global _emitter, _plugins_done
+    with _lock:
+        if _emitter is None:
+            _emitter = Emitter(socket_path)
+        emitter = _emitter
+        if plugins and not _plugins_done:
+            _plugins_done = True
+            emitter.patched.extend(_run_plugins(emitter))
+    return emitter
+
+
+def current_emitter() -> Emitter | None:
+    """The emitter ``instrument()`` made, if it was called in this process."""
+    return _emitter
+
+
+def _run_plugins(emitter: Emitter) -> list[str]:
+    """Call every plugin's infermeter_instrument, each guarded; names of those that patched."""
+    try:
+        from infermeter.plugin_manager import make_plugin_manager
+
+        pm = make_plugin_manager()
+    except Exception:
+        log.warning("infermeter: plugins could not be loaded", exc_info=True)
+        return []
+    patched: list[str] = []
+    args = {"emitter": emitter}
+    for impl in reversed(pm.hook.infermeter_instrument.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        try:
+            if impl.function(**{k: args[k] for k in impl.argnames}):
+                patched.append(impl.plugin_name)
+        except Exception:
+            log.warning(
+                "infermeter: plugin %s failed to instrument", impl.plugin_name, exc_info=True
+            )
+    return patched
