@@ -18,8 +18,16 @@ import pluggy
 
 if TYPE_CHECKING:
     from infermeter.config import Config, Option
-    from infermeter.price.pricing import Price, PriceCard
-    from infermeter.records import Device, Reading, Recommendation, Share, Span, Target
+    from infermeter.records import (
+        Device,
+        Price,
+        PriceCard,
+        Reading,
+        Recommendation,
+        Share,
+        Span,
+        Target,
+    )
     from infermeter.sidecar.trace_check import TraceProblem
 
 hookspec = pluggy.HookspecMarker("infermeter")

@@ -13,12 +13,22 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from infermeter.attribute.ledger import CallEnergy
-from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.price.pricing import Price, PriceCard, card_from_config
-from infermeter.records import Bucket, Device, DeviceKind, Method, Share, Span, Target
+from infermeter.price.pricing import card_from_config
+from infermeter.records import (
+    Bucket,
+    CallEnergy,
+    Device,
+    DeviceKind,
+    DeviceWindowRecord,
+    Method,
+    Price,
+    PriceCard,
+    Share,
+    Span,
+    Target,
+)
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.request_rollup import rollup_store

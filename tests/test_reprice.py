@@ -16,8 +16,9 @@ from infermeter.config import build_config
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import hookimpl
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.price.pricing import Price, card_from_config
+from infermeter.price.pricing import card_from_config
 from infermeter.price.reprice import parse_time, reprice
+from infermeter.records import Price
 from infermeter.sidecar.replay import replay
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine

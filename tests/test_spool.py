@@ -24,18 +24,19 @@ from conftest import infermeter_cmd
 from private_pg import PrivatePostgres, private_postgres
 from sqlalchemy import create_engine, text
 
-from infermeter.attribute.ledger import CallEnergy
-from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.config import build_config
 from infermeter.errors import StoreError
 from infermeter.plugin_manager import make_plugin_manager
-from infermeter.price.pricing import Price, card_from_config
+from infermeter.price.pricing import card_from_config
 from infermeter.records import (
     Bucket,
+    CallEnergy,
     Device,
     DeviceKind,
+    DeviceWindowRecord,
     Framework,
     Method,
+    Price,
     Reading,
     Share,
     Span,

@@ -14,9 +14,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
-from infermeter.attribute.ledger import CallEnergy
 from infermeter.errors import StoreError, StoreLockedError
-from infermeter.records import Bucket, Device, DeviceKind, Framework, Method, Share, Span, Target
+from infermeter.records import (
+    Bucket,
+    CallEnergy,
+    Device,
+    DeviceKind,
+    Framework,
+    Method,
+    Share,
+    Span,
+    Target,
+)
 from infermeter.store import migrate, request_rollup, schema
 from infermeter.store.engine import open_engine
 from infermeter.store.lock import StoreLock

@@ -60,7 +60,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from infermeter.attribute.span_split import split_over_spans
-from infermeter.records import Bucket, Method, Share, Span, Target, TargetKey
+from infermeter.records import Bucket, CallEnergy, Method, Share, Span, Target, TargetKey
 from infermeter.shedding import ShedLog
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,6 @@ MAX_OVERHEAD_TARGETS = 65_536
 _Key = tuple[int, str, float]  # (pid, model, t0): what two calls can share
 _CallKey = tuple[int, str, float, int]  # the same with seq: one call
 _WRITTEN = 1  # low bit of a _seq value: a call with this key was completed
-
-
-@dataclass(frozen=True, slots=True)
-class CallEnergy:
-    """One model call with all the energy attributed to it, on every device."""
-
-    span: Span
-    target: TargetKey
-    energy_j: float
-    method: Method  # the weakest provenance among its contributions
 
 
 @dataclass(slots=True)

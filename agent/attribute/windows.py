@@ -9,22 +9,10 @@ as the shares they produced.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from infermeter.records import Method, Reading
+from infermeter.records import DeviceWindowRecord, Method, Reading
 
 _WEAKNESS = {Method.MEASURED: 0, Method.INTEGRATED: 1, Method.ESTIMATED: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceWindowRecord:
-    device_uid: str
-    t0: float
-    t1: float
-    energy_j: float
-    method: Method  # the weakest provenance among the window's readings
-    busy_fraction: float | None  # time-weighted mean over the readings that knew it
-    memory_used_bytes: int | None  # the peak any reading saw
 
 
 def summarise(readings: Iterable[Reading]) -> list[DeviceWindowRecord]:

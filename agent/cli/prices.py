@@ -21,7 +21,8 @@ from rich.text import Text
 
 from infermeter.cli import App, cli, pass_app
 from infermeter.config import Config
-from infermeter.price.pricing import PriceCard, TimeOfUse, card_or_none
+from infermeter.price.pricing import card_or_none
+from infermeter.records import PriceCard, TimeOfUse
 from infermeter.safe_text import label, printable
 
 PRICING_PLUGIN = "core.pricing"

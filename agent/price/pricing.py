@@ -15,113 +15,25 @@ knows better (a cloud bill, a spot market) and leave the rest to the card.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from infermeter.config import Config, Option
 from infermeter.errors import ConfigError
 from infermeter.hookspecs import hookimpl
-from infermeter.records import Device, DeviceKind, Share
+from infermeter.records import (
+    Device,
+    DeviceRate,
+    Price,
+    PriceCard,
+    Share,
+    TimeOfUse,
+)
 
 J_PER_KWH = 3_600_000.0
-
-
-@dataclass(frozen=True, slots=True)
-class TimeOfUse:
-    """A price that applies on some weekdays between two local times."""
-
-    start_min: int  # minutes after local midnight, inclusive
-    end_min: int  # exclusive; may be < start_min to wrap past midnight
-    days: frozenset[int]  # 0 = Monday
-    per_kwh: float
-
-    def applies(self, local: datetime) -> bool:
-        if local.weekday() not in self.days:
-            return False
-        m = local.hour * 60 + local.minute
-        if self.start_min <= self.end_min:
-            return self.start_min <= m < self.end_min
-        return m >= self.start_min or m < self.end_min
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRate:
-    """What one kind of device costs per hour, matched on its product name.
-
-    The optional figures describe the card itself, so that advice can name a
-    cheaper card that would still fit what was measured (right-size) or an
-    edge device to move a small model to: its memory, its board power, its
-    dense 16-bit tensor throughput and its memory bandwidth, from the
-    vendor's datasheet. ``name`` is how advice calls it.
-    """
-
-    pattern: str  # a regular expression searched in Device.name
-    hourly: float  # per device-hour (for a CPU: per core-hour x cores, see below)
-    basis: str  # "cloud" | "amortised"
-    name: str = ""
-    memory_gb: float | None = None
-    tdp_w: float | None = None
-    tflops: float | None = None  # dense BF16/FP16 tensor TFLOPS
-    memory_bw_gbps: float | None = None
-    edge: bool = False  # an edge device (a place to move to), not a server card
-
-    @property
-    def label(self) -> str:
-        return self.name or self.pattern
-
-
-@dataclass(frozen=True, slots=True)
-class PriceCard:
-    version: str
-    currency: str
-    timezone: str
-    electricity_per_kwh: float | None
-    time_of_use: tuple[TimeOfUse, ...]
-    pue: float
-    carbon_g_per_kwh: float | None
-    device_rates: tuple[DeviceRate, ...]
-    cpu_core_hour: float | None
-    body: Mapping[str, Any] = field(hash=False)  # the card as written, for the store
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.body, sort_keys=True).encode()).hexdigest()[:16]
-
-    def electricity_at(self, t: float) -> float | None:
-        local = datetime.fromtimestamp(t, tz=UTC).astimezone(ZoneInfo(self.timezone))
-        for period in self.time_of_use:
-            if period.applies(local):
-                return period.per_kwh
-        return self.electricity_per_kwh
-
-    def device_rate(self, name: str) -> DeviceRate | None:
-        """The first entry whose pattern is found in a product name."""
-        for rate in self.device_rates:
-            if re.search(rate.pattern, name):
-                return rate
-        return None
-
-    def hourly_rate(self, device: Device) -> float | None:
-        rate = self.device_rate(device.name)
-        if rate is not None:
-            return rate.hourly
-        if device.kind in (DeviceKind.CPU, DeviceKind.CPU_PACKAGE) and self.cpu_core_hour:
-            cores = device.cores or 0
-            return self.cpu_core_hour * cores if cores else None
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    energy_cost: float | None
-    capacity_cost: float | None
-    carbon_g: float | None
 
 
 # The example card's figures and where they come from: contrib/price_card.example.toml.

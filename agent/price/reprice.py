@@ -41,10 +41,20 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
-from infermeter.attribute.ledger import CallEnergy
 from infermeter.errors import InfermeterError
-from infermeter.price.pricing import Price, PriceCard, price_calls, price_shares
-from infermeter.records import Bucket, Device, DeviceKind, Method, Share, Span, TargetKey
+from infermeter.price.pricing import price_calls, price_shares
+from infermeter.records import (
+    Bucket,
+    CallEnergy,
+    Device,
+    DeviceKind,
+    Method,
+    Price,
+    PriceCard,
+    Share,
+    Span,
+    TargetKey,
+)
 from infermeter.store.models import (
     DeviceRow,
     Host,

@@ -29,7 +29,6 @@ from collections.abc import Mapping
 
 from sqlalchemy import Engine, func, select
 
-from infermeter.price.pricing import PriceCard
 from infermeter.recommend.calls import CallPass, add_cost
 from infermeter.recommend.reads import (
     ShareWindow,
@@ -54,7 +53,7 @@ from infermeter.recommend.stats import (
     TargetStats,
     Window,
 )
-from infermeter.records import Device
+from infermeter.records import Device, PriceCard
 from infermeter.store.models import Host, UsageShare
 
 # Flush windows further apart than this do not join into one stretch.

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, func, select, true
 
-from infermeter.price.pricing import PriceCard
 from infermeter.recommend.calls import add_cost
 from infermeter.recommend.rows import CallRow
 from infermeter.recommend.stats import DeviceInfo, DeviceSample, Prices, Window
-from infermeter.records import Device, DeviceKind
+from infermeter.records import Device, DeviceKind, PriceCard
 from infermeter.store.models import (
     DeviceRow,
     DeviceWindow,

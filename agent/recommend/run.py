@@ -25,13 +25,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from infermeter.config import Config
-from infermeter.price.pricing import PriceCard
 from infermeter.recommend.build import build_stats
 from infermeter.recommend.money import CONFIDENCES
 from infermeter.recommend.options import OPTIONS, setting
 from infermeter.recommend.stats import Stats
 from infermeter.recommend.stored import upsert
-from infermeter.records import Device, Recommendation
+from infermeter.records import Device, PriceCard, Recommendation
 from infermeter.store.models import Host, UsageShare
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infermeter.price.pricing import J_PER_KWH, PriceCard
+from infermeter.price.pricing import J_PER_KWH
+from infermeter.records import PriceCard
 
 MONTH_S = 30 * 86400.0
 

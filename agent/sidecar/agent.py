@@ -27,8 +27,8 @@ from infermeter.discover.targets import Discovery
 from infermeter.errors import ConfigError
 from infermeter.hookspecs import Meter, SpanSource
 from infermeter.plugin_manager import PluginManager
-from infermeter.price.pricing import Price, PriceCard, card_or_none, price_calls, price_shares
-from infermeter.records import Device, Reading, Share, Span, Target, TargetKey
+from infermeter.price.pricing import card_or_none, price_calls, price_shares
+from infermeter.records import Device, Price, PriceCard, Reading, Share, Span, Target, TargetKey
 from infermeter.shedding import ShedLog
 from infermeter.store.writer import FlushBatch, Store
 

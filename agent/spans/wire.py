@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infermeter.records import Span
+from infermeter.records import MAX_COUNT, Span
 
 VERSION = 1
 MAX_DATAGRAM = 60 * 1024  # bytes; under the 64 KiB a default wmem always allows
@@ -58,7 +58,6 @@ MAX_NAME = 32  # framework, dtype (models.framework and models.dtype are VARCHAR
 MAX_TAGS = 16
 # Numbers outside these refuse the span: no real call has them, and a sum of
 # them would overflow the store's columns.
-MAX_COUNT = 2**31 - 1  # items, tokens (requests' INTEGER columns)
 MAX_PARAMETERS = 2**53 - 1  # a model's parameters (BIGINT; exact as a JSON number)
 MAX_DROPPED = 2**63 - 1  # a sender's drop count (kept in memory only)
 MAX_PID = 2**31 - 1

@@ -67,7 +67,7 @@ from sqlalchemy import (
     union,
 )
 
-from infermeter.spans.wire import MAX_COUNT
+from infermeter.records import MAX_COUNT
 from infermeter.store import schema
 from infermeter.store.quarantine import database_away, one_line, quarantine
 from infermeter.store.request_sql import (

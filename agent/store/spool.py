@@ -28,20 +28,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from infermeter.attribute.ledger import CallEnergy
-from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.errors import StoreError
-from infermeter.price.pricing import DeviceRate, Price, PriceCard, TimeOfUse
 from infermeter.records import (
     Bucket,
+    CallEnergy,
     Device,
     DeviceKind,
+    DeviceRate,
+    DeviceWindowRecord,
     Framework,
     Method,
+    Price,
+    PriceCard,
     Share,
     Span,
     Target,
     TargetKey,
+    TimeOfUse,
 )
 from infermeter.store.engine import redact
 from infermeter.store.writer import FlushBatch

@@ -27,11 +27,17 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, not_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from infermeter.attribute.ledger import CallEnergy
-from infermeter.attribute.windows import DeviceWindowRecord
 from infermeter.errors import StoreError
-from infermeter.price.pricing import Price, PriceCard
-from infermeter.records import Device, Share, Target, TargetKey
+from infermeter.records import (
+    CallEnergy,
+    Device,
+    DeviceWindowRecord,
+    Price,
+    PriceCard,
+    Share,
+    Target,
+    TargetKey,
+)
 from infermeter.store.models import (
     AgentState,
     Base,

@@ -28,11 +28,10 @@ from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.price.pricing import DeviceRate
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
 from infermeter.recommend.stats import DeviceStats, devices_of, prices_of, window_of
-from infermeter.records import Recommendation
+from infermeter.records import DeviceRate, Recommendation
 
 OPTIONS: tuple[Option, ...] = (
     Option(
