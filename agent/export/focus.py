@@ -296,22 +296,6 @@ class FocusExport:
         )
 
 
-def store_totals(engine: Engine, start: float, end: float) -> Totals:
-    """The store's own sums over the hourly rollups of [start, end)."""
-    h = UsageHourly
-    with engine.connect() as conn:
-        r = conn.execute(
-            select(
-                func.coalesce(func.sum(h.energy_j), 0.0),
-                func.sum(h.energy_cost),
-                func.sum(h.capacity_cost),
-                func.sum(h.carbon_g),
-                func.count(),
-            ).where(h.hour >= start, h.hour < end)
-        ).one()
-    return Totals(float(r[0]), r[1], r[2], r[3], int(r[4]))
-
-
 def _currency(engine: Engine, wanted: str | None) -> str:
     if wanted:
         return wanted

@@ -58,13 +58,6 @@ def value_of(key: str) -> float:
     return float(2 ** ((int(key) + 0.5) / STEPS_PER_DOUBLING))
 
 
-def bucket_key(cost: float) -> str:
-    """The bucket of one cost, in Python (tests and small inputs)."""
-    if cost <= 0:
-        return ZERO_KEY
-    return str(math.floor(math.log(cost) / _LN2 * STEPS_PER_DOUBLING))
-
-
 def merge(hists: Iterable[Mapping[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for hist in hists:

@@ -226,34 +226,3 @@ class RequestHourly(Base):
     carbon_g: Mapped[float | None]
     unpriced_requests: Mapped[int]
     cost_hist: Mapped[dict[str, int]]
-
-
-class DeviceHourly(Base):
-    """Hourly rollup of device_windows: how busy each device was, for utilisation."""
-
-    __table__ = schema.device_hourly
-    id: Mapped[int]
-    host_id: Mapped[int]
-    device_id: Mapped[int]
-    hour: Mapped[float]
-    seconds: Mapped[float]
-    busy_seconds: Mapped[float]
-    busy_known_seconds: Mapped[float]
-    energy_j: Mapped[float]
-    memory_peak_bytes: Mapped[int | None]
-
-
-class UsageBasisHourly(Base):
-    """Hourly energy of usage_shares per weight basis (usage_hourly keeps the method only)."""
-
-    __table__ = schema.usage_basis_hourly
-    id: Mapped[int]
-    host_id: Mapped[int]
-    device_id: Mapped[int]
-    hour: Mapped[float]
-    target_id: Mapped[int | None]
-    model_id: Mapped[int | None]
-    tenant: Mapped[str | None]
-    bucket: Mapped[str]
-    weight_basis: Mapped[str]
-    energy_j: Mapped[float]

@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Engine,
     Select,
     case,
     delete,
@@ -320,18 +319,6 @@ def _request_rollup_row(
 def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
     for i in range(0, len(rows), size):
         yield rows[i : i + size]
-
-
-def refresh_all(engine: Engine, since: float, until: float) -> RefreshResult:
-    """Recompute [since, until) for every host, in one transaction (tools, benchmarks)."""
-    totals = [0, 0, 0]
-    with engine.begin() as conn:
-        for host_id in conn.execute(select(schema.hosts.c.id)).scalars():
-            result = refresh(conn, host_id, since, until)
-            totals[0] += result.request_rows
-            totals[1] += result.device_rows
-            totals[2] += result.basis_rows
-    return RefreshResult(*totals)
 
 
 def complete_until(conn: Connection, key: str = COMPLETE_KEY) -> dict[int, float]:

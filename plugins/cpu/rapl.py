@@ -129,11 +129,6 @@ def scan(root: str | Path = DEFAULT_ROOT) -> RaplScan:
     return RaplScan(tuple(domains.values()), tuple(denied))
 
 
-def usable_domains(root: str | Path = DEFAULT_ROOT) -> tuple[Domain, ...]:
-    """The domains a RAPL meter would read; cpu_estimate asks this to stand aside."""
-    return scan(root).domains
-
-
 def wrap_delta(prev_uj: int, cur_uj: int, max_range_uj: int) -> int:
     """Energy between two counter values that may have wrapped once at ``max_range_uj``."""
     return cur_uj - prev_uj if cur_uj >= prev_uj else max_range_uj - prev_uj + cur_uj
