@@ -282,6 +282,21 @@ def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[R
     """
 
 
+@hookspec(firstresult=True)
+def infermeter_apply(recommendation: Recommendation, config: Config, dry_run: bool) -> str | None:
+    """Carry out a recommendation that changes the machine (a GPU's power limit).
+
+    Called by ``infermeter apply ID``, only with the operator's consent:
+    ``dry_run`` is True without ``--yes``, and the plugin then changes
+    nothing and says what it would do. Returns one line saying what was done
+    (or would be), or None when this plugin does not carry out this kind of
+    advice; the first plugin that answers wins. When no plugin answers, the
+    change is the operator's to make and ``--yes`` only marks it applied.
+    Raises InfermeterError with one line when it cannot (no driver, no
+    permission, a limit the device refuses); the advice then stays open.
+    """
+
+
 @hookspec
 def infermeter_export(batch: Sequence[Share], config: Config) -> None:
     """Receive every flushed batch of shares after it is committed.

@@ -129,7 +129,12 @@ def test_third_party_plugin_is_listed(cli_env: dict[str, str]) -> None:
     assert synthetic == [
         {
             "name": "synthetic",
-            "hooks": ["infermeter_config_options", "infermeter_export", "infermeter_meters"],
+            "hooks": [
+                "infermeter_apply",
+                "infermeter_config_options",
+                "infermeter_export",
+                "infermeter_meters",
+            ],
             "version": "1.2.3",
             "distribution": "infermeter-synthetic",
             "module": "infermeter_synthetic",

@@ -260,7 +260,7 @@ def test_apply_power_cap_without_yes_sets_nothing(
 ) -> None:
     db, cap = capped_db
     standin = SettableStandIn()
-    monkeypatch.setattr(recommend_cli, "nvml_module", lambda: standin)
+    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id)
     assert result.exit_code == 0
     watts = cap.evidence["suggested_limit_w"]
@@ -275,7 +275,7 @@ def test_apply_power_cap_with_yes_sets_it_through_nvml(
 ) -> None:
     db, cap = capped_db
     standin = SettableStandIn()
-    monkeypatch.setattr(recommend_cli, "nvml_module", lambda: standin)
+    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id[:10], "--yes")
     assert result.exit_code == 0, result.output
     watts = cap.evidence["suggested_limit_w"]
@@ -311,3 +311,34 @@ def test_apply_power_cap_without_the_gpu_exits_2_with_one_line(
     # No NVML here, or (on a GPU host) not the recordings' card.
     assert lines[0].startswith("infermeter: error: cannot set a power limit: ")
     assert _status(db, cap.stable_id) == "open"
+
+
+def test_apply_hands_advice_to_the_plugin_that_carries_it_out(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """infermeter_apply: a third-party plugin (tests/plugin_pkg) carries out its own advice.
+
+    Without --yes it only says what it would do; with --yes it does it once
+    (the marker file gains the subject) and the advice is marked applied.
+    """
+    db = tmp_path / "store.db"
+    marker = tmp_path / "restarted.txt"
+    mine = replace(rec(5.0), kind="synthetic-restart", evidence={"marker": str(marker)})
+    engine = open_engine(f"sqlite:///{db}")
+    migrate.upgrade(engine)
+    upsert(engine, [mine], now=1.0)
+    engine.dispose()
+
+    def apply(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*infermeter_cmd(), "--db", f"sqlite:///{db}", "apply", mine.stable_id, *args]
+        return subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
+
+    dry = apply()
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == f"would restart {mine.subject}"
+    assert not marker.exists() and _status(db, mine.stable_id) == "open"
+    done = apply("--yes")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"restarted {mine.subject}; {mine.stable_id} applied"
+    assert marker.read_text() == mine.subject + "\n"
+    assert _status(db, mine.stable_id) == "applied"

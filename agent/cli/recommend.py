@@ -15,10 +15,8 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import click
-import pynvml
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -40,11 +38,6 @@ def _seconds(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 24h, 7d")
     return float(m.group(1)) * _UNIT_S[m.group(2)]
-
-
-def nvml_module() -> Any:
-    """The NVML the apply command talks to (a seam for tests: the stand-in)."""
-    return pynvml
 
 
 def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
@@ -165,8 +158,9 @@ def recommend(
 def apply_cmd(app: App, ident: str, yes: bool) -> None:
     """Apply one recommendation; without --yes, only say what would be done.
 
-    A power cap is set through NVML on this host (it needs root and the GPU
-    the advice names); any other kind is the operator's change, and --yes
+    Advice a plugin can carry out (a power cap, set through NVML on this host:
+    it needs root and the GPU the advice names) is done by that plugin's
+    infermeter_apply; any other kind is the operator's change, and --yes
     marks it applied.
     """
     app.setup_logging()
@@ -175,25 +169,12 @@ def apply_cmd(app: App, ident: str, yes: bool) -> None:
     try:
         stored = find(engine, ident)
         r = stored.recommendation
-        if r.kind == "power-cap":
-            uid = str(r.evidence.get("device_uid", ""))
-            watts = float(r.evidence.get("suggested_limit_w", 0.0))
-            now_w = r.evidence.get("power_limit_w")
-            if not yes:
-                click.echo(
-                    printable(
-                        f"would set the power limit of GPU {uid} to {watts:g} W (now {now_w} W). "
-                        "Nothing was set: rerun with --yes to set it."
-                    )
-                )
-                return
-            # The setter lives with the advice it acts on; only this path needs it.
-            from infermeter.plugins.recommend.powercap import apply_power_cap
-
-            got = apply_power_cap(nvml_module(), uid, watts)
-            set_status(engine, stored.stable_id, "applied")
-            done_text = f"set the power limit of GPU {uid} to {got:g} W; {stored.stable_id} applied"
-            click.echo(printable(done_text))
+        done = app.pm.hook.infermeter_apply(recommendation=r, config=app.config, dry_run=not yes)
+        if done is not None:  # a plugin carries this advice out (or says what it would do)
+            if yes:
+                set_status(engine, stored.stable_id, "applied")
+                done = f"{done}; {stored.stable_id} applied"
+            click.echo(printable(done))
             return
         if not yes:
             click.echo(printable(f"{r.kind} on {r.subject}: {r.how_to_apply}"))

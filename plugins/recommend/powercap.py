@@ -197,6 +197,30 @@ def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[R
 # ----- applying it ------------------------------------------------------------
 
 
+def nvml_module() -> Any:
+    """The NVML that applying advice talks to (a seam for tests: the stand-in)."""
+    import pynvml  # only applying advice needs it, not advising
+
+    return pynvml
+
+
+@hookimpl(trylast=True)
+def infermeter_apply(recommendation: Recommendation, config: Config, dry_run: bool) -> str | None:
+    """A power cap is set through NVML on this host; other advice is not ours to carry out."""
+    if recommendation.kind != "power-cap":
+        return None
+    evidence = recommendation.evidence
+    uid = str(evidence.get("device_uid", ""))
+    watts = float(evidence.get("suggested_limit_w", 0.0))
+    if dry_run:
+        return (
+            f"would set the power limit of GPU {uid} to {watts:g} W "
+            f"(now {evidence.get('power_limit_w')} W). Nothing was set: rerun with --yes to set it."
+        )
+    got = apply_power_cap(nvml_module(), uid, watts)
+    return f"set the power limit of GPU {uid} to {got:g} W"
+
+
 def apply_power_cap(nvml: Any, device_uid: str, limit_w: float) -> float:
     """Set a GPU's power limit through ``nvml`` (pynvml, or a stand-in); returns it as read back.
 

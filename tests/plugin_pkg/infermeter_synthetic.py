@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
-from infermeter.records import Device, DeviceKind, Method, Reading, Share, Target
+from infermeter.records import Device, DeviceKind, Method, Reading, Recommendation, Share, Target
 
 
 class ConstantMeter:
@@ -79,3 +79,16 @@ def infermeter_export(batch: Sequence[Share], config: Config) -> None:
                 json.dumps({"shares": len(batch), "energy_j": sum(s.energy_j for s in batch)})
                 + "\n"
             )
+
+
+@hookimpl
+def infermeter_apply(recommendation: Recommendation, config: Config, dry_run: bool) -> str | None:
+    """Carries out its own kind of advice: appends the subject to the file the evidence names."""
+    if recommendation.kind != "synthetic-restart":
+        return None
+    marker = str(recommendation.evidence["marker"])
+    if dry_run:
+        return f"would restart {recommendation.subject}"
+    with open(marker, "a") as f:
+        f.write(recommendation.subject + "\n")
+    return f"restarted {recommendation.subject}"
