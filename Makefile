@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint setup setup-test dev clean
+.PHONY: run test test-fast lint setup setup-test dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ run: setup
 # Set up and run the whole test suite (PostgreSQL tests skip when no server answers).
 test: setup-test
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (real agents, applications and
+# runtimes as subprocesses): a quick check while working. `make test` runs all.
+test-fast: setup-test
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-test
 	$(BIN)/ruff check .

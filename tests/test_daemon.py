@@ -24,6 +24,9 @@ from conftest import infermeter_cmd
 from infermeter.records import Span
 from infermeter.spans.emitter import Emitter
 
+# Real agents and applications as subprocesses: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 POWER_W = 100.0
 IDLE_W = 40.0
 
