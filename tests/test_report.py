@@ -27,7 +27,7 @@ from conftest import FIXTURES, ROOT, infermeter_cmd
 from rich.console import Console
 from sqlalchemy import delete, func, insert, select, text
 
-from infermeter.cli.report import parse_duration, parse_time, render, sig, since_start
+from infermeter.cli.report import render, sig
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
 from infermeter.report.build import GROUPINGS, build_report
@@ -640,21 +640,9 @@ def test_an_empty_range_says_what_the_store_holds(
     assert "No data in this range" in done.stdout and "2026-11-27" in done.stdout
 
 
-def test_time_parsing() -> None:
-    assert parse_duration("90m") == 5400 and parse_duration("7d") == 7 * 86400
-    assert parse_time("1795750000", "--from") == 1795750000.0
-    assert parse_time("2026-11-27T06:00", "--from") == parse_time("2026-11-27T06:00:00Z", "--to")
-    assert parse_time("2026-11-27T08:00+02:00", "--from") == parse_time("2026-11-27T06:00Z", "--to")
+def test_sig() -> None:
+    # The time grammar's own tests are in tests/test_cli_time.py.
     assert sig(0.000123) == "1.23e-4" and sig(12345.6) == "12,346" and sig(0.5) == "0.5"
-
-
-def test_since_in_hours_or_more_starts_on_the_hour() -> None:
-    end = parse_time("2026-11-27T10:20:30Z", "--to")
-    assert since_start("24h", end) == parse_time("2026-11-26T10:00Z", "--from")
-    assert since_start("7d", end) == parse_time("2026-11-20T10:00Z", "--from")
-    assert since_start("1w", end) == since_start("7d", end)
-    assert since_start("90m", end) == parse_time("2026-11-27T08:50:30Z", "--from")
-    assert since_start("30s", end) == end - 30
 
 
 def test_the_report_command_loads_neither_the_orm_nor_alembic(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import cli
+from infermeter.cli._progress import progress
 from infermeter.cli.report import cost_table, render
 from infermeter.report.build import build_report
 from infermeter.safe_text import label, printable
@@ -46,22 +46,14 @@ def demo(seconds: float, keep_dir: Path | None) -> None:
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="infermeter-demo-") as tmp:
         folder = keep_dir or Path(tmp)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as bar:
-            task = bar.add_task("demo", total=1.0)
+        with progress("demo", console=err) as bar:
 
             def status(message: str) -> None:
-                bar.update(task, description=message)
+                bar.describe(message)
                 if not err.is_terminal:
                     err.print(label(f"infermeter demo: {message}"), highlight=False)
 
-            result = run_demo(folder, seconds, status, lambda f: bar.update(task, completed=f))
+            result = run_demo(folder, seconds, status, bar)
         engine = open_engine(result.store_url)
         try:
             by_model = build_report(engine, result.t_from, result.t_to, "model")

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.cli._progress import progress
 from infermeter.errors import InfermeterError, StoreError
 from infermeter.export import focus
 from infermeter.safe_text import printable
@@ -71,22 +70,14 @@ def focus_cmd(
         if migrate.check_schema_known(engine) is None:
             raise StoreError(f"store {redact(url)} has no schema yet: nothing to export")
         options = focus.ExportOptions(provider, billing_account, currency=currency)
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("reading {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=no_progress or not console.is_terminal,
+        with progress(
+            f"reading hourly rows of {month}", enabled=not no_progress, counted=True
         ) as bar:
-            task = bar.add_task(f"hourly rows of {month}", total=None)
             data = focus.build_export(
                 engine,
                 month,
                 options,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=bar.count,
             )
     finally:
         engine.dispose()

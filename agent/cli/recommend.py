@@ -12,7 +12,6 @@ marking the advice applied (the change itself is the operator's).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -23,21 +22,12 @@ from rich.table import Table
 from rich.text import Text
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.cli._time import DURATION, Duration
 from infermeter.price.pricing import card_or_none
 from infermeter.recommend import run as recommend_step
 from infermeter.recommend.stored import StoredRecommendation, find, listing, set_status
 from infermeter.safe_text import label, printable
 from infermeter.sidecar.daemon import open_store
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _seconds(text: str) -> float:
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 24h, 7d")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
@@ -106,7 +96,10 @@ def render(recs: Sequence[StoredRecommendation], console: Console) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also list dismissed and applied advice.")
 @click.option("--host", help="Only this host (default: every host in the store).")
 @click.option(
-    "--window", metavar="DURATION", help="Window to judge, e.g. 24h (default: recommend.window_s)."
+    "--window",
+    type=DURATION,
+    metavar="DURATION",
+    help="Window to judge, e.g. 24h (default: recommend.window_s).",
 )
 @click.option(
     "--no-refresh", is_flag=True, help="List what is stored; do not run the recommenders."
@@ -118,7 +111,7 @@ def recommend(
     dismiss: str | None,
     show_all: bool,
     host: str | None,
-    window: str | None,
+    window: Duration | None,
     no_refresh: bool,
 ) -> None:
     """Ranked changes that would save money, each with its evidence."""
@@ -133,9 +126,7 @@ def recommend(
             return
         config = app.config
         if window is not None:
-            config = replace(
-                config, values={**config.values, "recommend.window_s": _seconds(window)}
-            )
+            config = replace(config, values={**config.values, "recommend.window_s": window.seconds})
         if not no_refresh:
             card = card_or_none(config)
             for name in [host] if host else recommend_step.hosts(engine):

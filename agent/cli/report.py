@@ -10,7 +10,6 @@ never 0; a figure that leaves some energy unpriced carries a "*".
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 import time
@@ -24,6 +23,7 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.cli._time import DURATION, POINT, Duration
 from infermeter.csv_out import RowWriter
 from infermeter.errors import StoreError
 from infermeter.report.build import GROUPINGS, Amount, Report, build_report
@@ -32,63 +32,21 @@ from infermeter.safe_text import label, printable
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine, redact
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DEFAULT_SINCE = Duration(86400.0, "h")
 _SYMBOL = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
 
 
 # ----- options ------------------------------------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """'90m', '24h', '7d', '2w', '30s' -> seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(
-            f"{text!r} is not a duration like 90m, 24h, 7d", param_hint="--since"
-        )
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
-
-
-def since_start(text: str, end: float) -> float:
-    """Where ``--since`` starts: on the hour for hours, days and weeks; exact for m and s.
-
-    A range of hours or more is read from the hourly rollups; starting it
-    on the hour spares a partial first hour read call by call (a third of
-    a second per hour of a busy host). Minutes and seconds ask for more
-    precision than that, and get it.
-    """
-    start = end - parse_duration(text)
-    if text.strip()[-1] in "hdw":
-        start = math.floor(start / 3600) * 3600
-    return start
-
-
-def parse_time(text: str, hint: str) -> float:
-    """ISO 8601 (UTC unless it carries an offset) or seconds since the epoch."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is not a time: use ISO 8601 (2026-11-27T06:00) or epoch seconds",
-            param_hint=hint,
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 def time_range(
-    since: str | None, t_from: str | None, t_to: str | None, now: float
+    since: Duration | None, t_from: float | None, t_to: float | None, now: float
 ) -> tuple[float, float]:
+    """The report's [start, end): --since counts back from --to (default now, 24h)."""
     if since is not None and t_from is not None:
         raise click.UsageError("give --since or --from, not both")
-    end = parse_time(t_to, "--to") if t_to is not None else now
-    start = parse_time(t_from, "--from") if t_from is not None else since_start(since or "24h", end)
+    end = t_to if t_to is not None else now
+    start = t_from if t_from is not None else (since or DEFAULT_SINCE).start_before(end)
     if start >= end:
         raise click.UsageError("the range is empty: --from must be before --to")
     return start, end
@@ -356,13 +314,18 @@ def _footnotes(report: Report) -> list[Text]:
 @cli.command()
 @click.option(
     "--since",
+    type=DURATION,
     metavar="DURATION",
     help="How far back from --to: 90m, 24h, 7d (default 24h); h, d and w start on the hour.",
 )
 @click.option(
-    "--from", "t_from", metavar="TIME", help="Start: ISO 8601 (UTC unless an offset) or epoch s."
+    "--from",
+    "t_from",
+    type=POINT,
+    metavar="TIME",
+    help="Start: ISO 8601 (UTC unless an offset) or epoch s.",
 )
-@click.option("--to", "t_to", metavar="TIME", help="End (default: now).")
+@click.option("--to", "t_to", type=POINT, metavar="TIME", help="End (default: now).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="model", show_default=True)
 @click.option("--share-idle", is_flag=True, help="Spread idle and keep-warm over the groups.")
 @click.option("--json", "as_json", is_flag=True, help="JSON (docs/report.json.md).")
@@ -373,9 +336,9 @@ def _footnotes(report: Report) -> list[Text]:
 @pass_app
 def report(
     app: App,
-    since: str | None,
-    t_from: str | None,
-    t_to: str | None,
+    since: Duration | None,
+    t_from: float | None,
+    t_to: float | None,
     by: str,
     share_idle: bool,
     as_json: bool,

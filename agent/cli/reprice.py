@@ -11,13 +11,13 @@ import time
 from datetime import UTC, datetime
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.cli._progress import progress
+from infermeter.cli._time import WHEN, Duration, resolve
 from infermeter.errors import ConfigError, StoreError
 from infermeter.price.pricing import card_or_none
-from infermeter.price.reprice import RepriceResult, Sums, parse_time, reprice
+from infermeter.price.reprice import RepriceResult, Sums, reprice
 from infermeter.safe_text import printable
 from infermeter.sidecar.daemon import open_store
 from infermeter.store.engine import sqlite_path
@@ -27,17 +27,22 @@ from infermeter.store.engine import sqlite_path
 @click.option(
     "--since",
     required=True,
+    type=WHEN,
     metavar="WHEN",
-    help="From when: a duration ago (24h, 7d, 2w) or a UTC date/time (2026-11-01).",
+    help="From when: a duration ago (24h, 7d, 2w), a UTC date/time (2026-11-01) or epoch s.",
 )
-@click.option("--until", metavar="WHEN", help="Up to when (default: everything after --since).")
+@click.option(
+    "--until", type=WHEN, metavar="WHEN", help="Up to when (default: everything after --since)."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_app
-def reprice_cmd(app: App, since: str, until: str | None, no_progress: bool) -> None:
+def reprice_cmd(
+    app: App, since: Duration | float, until: Duration | float | None, no_progress: bool
+) -> None:
     """Recompute the costs and carbon of stored shares and calls with the current card."""
     now = time.time()
-    t_since = parse_time(since, now)
-    t_until = parse_time(until, now) if until is not None else None
+    t_since = resolve(since, now)
+    t_until = resolve(until, now) if until is not None else None
     if t_until is not None and t_until <= t_since:
         raise ConfigError("--until must be later than --since")
     card = card_or_none(app.config)
@@ -47,24 +52,15 @@ def reprice_cmd(app: App, since: str, until: str | None, no_progress: bool) -> N
     if path is not None and not path.is_file():
         raise StoreError(f"no store at {path}")
     store, _ = open_store(app.config, lock=False)
-    console = Console(stderr=True)
     try:
-        with Progress(
-            TextColumn("repricing"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=no_progress or not console.is_terminal,
-        ) as bar:
-            task = bar.add_task("reprice", total=1.0)
+        with progress("repricing", enabled=not no_progress) as bar:
             result = reprice(
                 store.engine,
                 card,
                 app.pm,
                 t_since,
                 t_until,
-                progress=lambda f: bar.update(task, completed=f),
+                progress=bar,
                 now=now,
             )
     finally:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infermeter.cli import App, cli, pass_app
+from infermeter.cli._progress import progress
 from infermeter.safe_text import printable
 from infermeter.sidecar.daemon import open_store
 from infermeter.sidecar.record import record as record_trace
@@ -66,23 +65,14 @@ def replay(app: App, trace_dir: Path, no_progress: bool, partial: bool) -> None:
         raise TraceError(refused)
     store, lock = open_store(app.config, lock=True)
     store = Store(store.engine, trace_host(trace_dir))
-    console = Console(stderr=True)
     try:
-        with Progress(
-            TextColumn("replaying {task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=no_progress or not console.is_terminal,
-        ) as bar:
-            task = bar.add_task(trace_dir.name, total=1.0)
+        with progress(f"replaying {trace_dir.name}", enabled=not no_progress) as bar:
             result = replay_trace(
                 trace_dir,
                 app.config,
                 app.pm,
                 store,
-                progress=lambda f: bar.update(task, completed=f),
+                progress=bar,
                 partial=partial,
                 problems=problems,
             )

@@ -36,12 +36,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
-from infermeter.errors import InfermeterError
 from infermeter.price.pricing import price_calls, price_shares
 from infermeter.records import (
     Bucket,
@@ -68,25 +66,6 @@ from infermeter.store.models import (
 from infermeter.store.writer import Store
 
 CHUNK_S = 6 * 3600.0  # one transaction per host per six hours of shares
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_time(text: str, now: float) -> float:
-    """``24h``/``30m``/``7d``/``2w`` ago, or a UTC date/time (``2026-11-01``, ISO 8601)."""
-    value = text.strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InfermeterError(
-            f"not a time: {text!r} (give a duration ago like 24h, 7d, or a UTC date like "
-            "2026-11-01)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 @dataclass
