@@ -19,15 +19,15 @@ from conftest import infermeter_cmd
 from infermeter.records import Span
 from infermeter.spans.receiver import SocketReceiver
 
+# Real agents and applications as subprocesses: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 # What the instrumented program runs: it checks that instrument() already ran
 # before its first line, then emits a span through the process's emitter.
 CHILD = """
 import os, sys
 from infermeter.spans.sdk import current_emitter
 from infermeter.records import Span
-
-# Real agents and applications as subprocesses: `make test-fast` leaves them out.
-pytestmark = pytest.mark.slow
 emitter = current_emitter()
 assert emitter is not None, "not instrumented"
 emitter.emit(Span(pid=os.getpid(), model=sys.argv[1], t0=1.0, t1=2.0))

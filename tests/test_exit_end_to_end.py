@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 from conftest import infermeter_cmd
 
+# Real agents and applications as subprocesses: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 APP = r"""
 import logging, os, sys, time
 logging.basicConfig(level=logging.WARNING)  # so that a count the agent missed is seen
 from infermeter.records import Span
 from infermeter.spans.sdk import current_emitter
-
-# Real agents and applications as subprocesses: `make test-fast` leaves them out.
-pytestmark = pytest.mark.slow
 life, burst = int(sys.argv[1]), int(sys.argv[2])
 e = current_emitter()
 assert e is not None, "not instrumented"
