@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import infermeter_cmd
+from support import ROOT, infermeter_cmd
 
 from infermeter.config import CORE_OPTIONS, Option, build_config, load_config
 from infermeter.errors import ConfigError
@@ -120,7 +120,7 @@ def test_cli_config_show_reports_sources(tmp_path: Path, cli_env: dict[str, str]
 
 
 def test_example_config_is_valid_and_shows_the_defaults() -> None:
-    path = Path(__file__).resolve().parent.parent / "contrib" / "config.example.toml"
+    path = ROOT / "contrib" / "config.example.toml"
     cfg = load_config(CORE_OPTIONS, str(path), environ={})
     defaults = build_config(CORE_OPTIONS, environ={})
     assert cfg.values == defaults.values

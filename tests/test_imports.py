@@ -13,7 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 SOURCES = {
     "agent": "infermeter",
     "plugins": "infermeter.plugins",

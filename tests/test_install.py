@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support import ROOT
+
 import infermeter
 
-ROOT = Path(__file__).resolve().parent.parent
 # Where each part of the tree is installed, inside the infermeter package.
 SOURCES = {"agent": "", "plugins": "plugins", "migrations": "migrations"}
 

@@ -9,7 +9,7 @@ pid reuse, at ~10 us a process on a small VM. Building a psutil.Process per
 pid for its ``create_time()`` reads the same file and costs ~3x more;
 ``psutil.process_iter`` is cheaper only because it caches Process objects
 and never re-reads a cached pid's start time, so it misses pid reuse
-(measured in ``tests/test_procfs.py``, printed, not asserted). Cheaper
+(measured in ``tests/plugins/test_procfs.py``, printed, not asserted). Cheaper
 still, when the caller keeps state: list pids every tick (``os.listdir``,
 ~70 us) and read start times only for new pids and, now and then, targets.
 

@@ -1,0 +1,131 @@
+"""The chargeback tests' data: both H100 recordings replayed into one store.
+
+The recordings know no tenants and no request ids, and the example card
+prices everything; chargeback must show all three. So, the same way on
+every database:
+
+- ``h100-serving`` is replayed with the example card, ``h100-resnet-encoder``
+  with a card that knows no electricity price (its rows' energy cost is
+  NULL: unpriced, under its own card version);
+- resnet50's rows belong to tenant ``acme``, the encoder's to ``globex``;
+  the mlp stays untenanted;
+- three calls in four share a request id (so requests span calls and,
+  since calls are numbered in the order they ended, models), and every
+  seventh call has an unknown capacity cost;
+- the hourly rollups are rebuilt after these edits.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from infermeter.config import build_config
+from infermeter.plugin_manager import make_plugin_manager
+from infermeter.sidecar.replay import replay
+from infermeter.store import migrate
+from infermeter.store.engine import open_engine
+from infermeter.store.writer import Store
+from support import FIXTURES
+from support.pg import PG_ADMIN_URL, require_pg
+
+SERVING = FIXTURES / "h100-serving"
+ENCODER = FIXTURES / "h100-resnet-encoder"
+NO_ELECTRICITY = {"prices": {"version": "test-no-electricity", "electricity_per_kwh": 0}}
+TENANTS = {"resnet50": "acme", "encoder": "globex"}
+
+
+def fill(url: str) -> None:
+    """Replay, label and roll up; the store at ``url`` must be empty."""
+    engine = open_engine(url)
+    migrate.upgrade(engine)
+    pm = make_plugin_manager()
+    for trace, file_values in ((SERVING, {}), (ENCODER, NO_ELECTRICITY)):
+        config = build_config(pm.config_options(), file_values, environ={})
+        store = Store(engine, trace.name)
+        replay(trace, config, pm, store)
+    label(engine)
+    engine.dispose()
+
+
+def label(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for model, tenant in TENANTS.items():
+            for table in ("usage_shares", "requests"):
+                conn.execute(
+                    text(
+                        f"UPDATE {table} SET tenant = :tenant "
+                        "WHERE model_id = (SELECT id FROM models WHERE name = :model)"
+                    ),
+                    {"tenant": tenant, "model": model},
+                )
+        conn.execute(
+            text(
+                "UPDATE requests SET request_id = 'req-' || CAST(id / 3 AS VARCHAR(20)) "
+                "WHERE id - (id / 4) * 4 <> 0"
+            )
+        )
+        conn.execute(text("UPDATE requests SET capacity_cost = NULL WHERE id - (id / 7) * 7 = 0"))
+        hosts = [r[0] for r in conn.execute(text("SELECT name FROM hosts"))]
+    for host in hosts:
+        Store(engine, host).rollup(0.0, 4e9)
+
+
+def fingerprint(engine: Engine) -> list[tuple[Any, ...]]:
+    """What the views read, rounded: equal on two databases means the same data."""
+
+    def r(v: Any) -> Any:
+        return round_float(v) if isinstance(v, float) else v
+
+    out: list[tuple[Any, ...]] = []
+    with engine.connect() as conn:
+        for query in (
+            "SELECT id, model_id, target_id, request_id, tenant, t0, items, energy_j, "
+            "energy_cost, capacity_cost, carbon_g FROM requests ORDER BY id",
+            "SELECT device_id, hour, target_id, model_id, tenant, bucket, method, energy_j, "
+            "energy_cost, capacity_cost, carbon_g FROM usage_hourly",
+        ):
+            rows = [tuple(r(v) for v in row) for row in conn.execute(text(query))]
+            out.extend(sorted(rows, key=sort_key))  # NULLs sort differently in SQL
+    return out
+
+
+def sort_key(row: tuple[Any, ...]) -> list[tuple[bool, Any]]:
+    """Rows in one order on every database, NULLs last."""
+    return [(v is None, "" if v is None else v) for v in row]
+
+
+def round_float(v: float, digits: int = 10) -> float:
+    """``v`` to ``digits`` significant digits (about 1e-10 relative)."""
+    if v == 0 or not math.isfinite(v):
+        return v
+    return round(v, digits - 1 - math.floor(math.log10(abs(v))))
+
+
+def normalise(value: Any) -> Any:
+    """One Python value per SQL value, whichever driver returned it."""
+    if isinstance(value, float):
+        return round_float(value, 9)
+    return value
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a whole module (conftest's ``pg_url`` is per test)."""
+    require_pg()
+    name = f"infermeter_cb_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
