@@ -5,7 +5,19 @@ like these and marked ``@infermeter.hookimpl``. Built-in plugins in
 ``infermeter.plugins`` register through the ``infermeter`` entry-point group
 exactly as a third-party package does. Unless a hook says "first result
 wins", every implementation is called and the results are collected in a list
-(pluggy drops ``None``).
+(``None`` is dropped).
+
+How they are called. The hooks the core gathers from (``infermeter_meters``,
+``infermeter_span_sources``, ``infermeter_export``, ``infermeter_recommend``,
+``infermeter_recorders`` and the ``infermeter_replay_*`` hooks) go through
+``PluginManager.collect``, one implementation at a time: a plugin that
+raises is logged and skipped and the others' results still come back; a
+call slower than ``slow_call_s`` (1 s) is logged and counted. ``collect``
+does not run wrapper implementations (``@hookimpl(wrapper=True)``): those
+take effect only on the hooks called through pluggy, the first-result ones
+(``infermeter_discover``, ``infermeter_price``, ``infermeter_apply``) and
+``infermeter_config_options``. ``infermeter_instrument`` is called inside
+the instrumented application, each implementation guarded.
 """
 
 from __future__ import annotations

@@ -1,14 +1,22 @@
-"""Loading plugins from the ``infermeter`` entry-point group, guarded.
+"""Loading plugins from the ``infermeter`` entry-point group, guarded, and calling them.
 
 pluggy's own ``load_setuptools_entrypoints`` lets one broken plugin stop the
 daemon; here each entry point loads on its own and a failure is a logged
 warning. Built-in plugins are entry points too, so they load, list and block
 exactly like third-party ones.
+
+``collect`` calls the implementations of a hook one at a time, not through
+pluggy: a plugin that raises is logged and skipped while the others' results
+still come back, and each call is timed, so one that is slow is named
+(Telegraf's "collection took longer than expected") and counted.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import Distribution, EntryPoint, entry_points
@@ -22,6 +30,13 @@ from infermeter.config import CORE_OPTIONS, Option
 log = logging.getLogger(__name__)
 
 GROUP = "infermeter"
+# A call slower than one agent tick at its default (agent.tick_s = 1 s) holds
+# up the tick or flush that made it, and the scheduler skips the next run
+# rather than queueing it: worth a warning.
+SLOW_CALL_S = 1.0
+# A plugin that is slow is slow every tick: say so once per (plugin, hook) in
+# this long, and count every time in ``slow_calls``.
+SLOW_LOG_EVERY_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +64,10 @@ class PluginManager(pluggy.PluginManager):
         # Reading a distribution's name parses its METADATA file: only
         # ``describe`` (the plugins command) needs it, not every start-up.
         self._dists: dict[str, Distribution | None] = {}
+        self.slow_call_s = SLOW_CALL_S
+        self.slow_calls: Counter[tuple[str, str]] = Counter()  # by (plugin, hook)
+        self._slow_told: dict[tuple[str, str], float] = {}  # monotonic time of the last warning
+        self._slow_lock = threading.Lock()  # the tick and the flush collect on two threads
 
     def load_entry_points(self, blocked: Iterable[str] = ()) -> None:
         blocked = set(blocked)
@@ -95,17 +114,30 @@ class PluginManager(pluggy.PluginManager):
         return options
 
     def collect(self, hook_name: str, flatten: bool = True, **kwargs: Any) -> list[Any]:
-        """Call a hook, isolating each plugin's failure; flatten lists it returns."""
+        """Call every implementation of a hook, each on its own; flatten lists they return.
+
+        The calls do not go through pluggy, by choice: one plugin that raises
+        is logged and skipped and the others' results still come back (a
+        pluggy call stops at the first exception). The price is that wrapper
+        implementations (``@hookimpl(wrapper=True)``, ``hookwrapper=True``)
+        are not run here, and pluggy's hook monitoring does not see these
+        calls. Instead each call is timed with ``time.perf_counter``: one that
+        takes longer than ``slow_call_s`` is counted in ``slow_calls`` by
+        (plugin, hook) and logged as a warning, once per ``SLOW_LOG_EVERY_S``
+        for each (plugin, hook).
+        """
         out: list[Any] = []
         caller = getattr(self.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
             if impl.hookwrapper or impl.wrapper:
                 continue  # wrappers time or observe; they are not providers
+            start = time.perf_counter()
             try:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception:
                 log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-                continue
+                result = None
+            self._timed(impl.plugin_name, hook_name, time.perf_counter() - start)
             if result is None:
                 continue
             if flatten and isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
@@ -113,6 +145,31 @@ class PluginManager(pluggy.PluginManager):
             else:
                 out.append(result)
         return out
+
+    def _timed(self, plugin: str, hook: str, seconds: float) -> None:
+        """Count and (rate-limited) log a call that took longer than ``slow_call_s``."""
+        threshold = self.slow_call_s
+        if seconds <= threshold:
+            return
+        key = (plugin, hook)
+        now = time.monotonic()
+        with self._slow_lock:
+            self.slow_calls[key] += 1
+            told = self._slow_told.get(key)
+            if told is not None and now - told < SLOW_LOG_EVERY_S:
+                return
+            self._slow_told[key] = now
+            count = self.slow_calls[key]
+        log.warning(
+            "plugin %s took %.3f s in %s, longer than expected (slow_call_s %g s; "
+            "%d slow call(s) so far, logged at most once per %.0f min)",
+            plugin,
+            seconds,
+            hook,
+            threshold,
+            count,
+            SLOW_LOG_EVERY_S / 60,
+        )
 
 
 def make_plugin_manager(load: bool = True, blocked: Iterable[str] = ()) -> PluginManager:

@@ -31,7 +31,6 @@ from infermeter.records import Framework, Share, Span, Target
 from infermeter.sidecar.agent import Agent
 from infermeter.sidecar.trace_check import (
     BadValue,
-    LineReader,
     TraceError,
     TraceProblem,
     first,
@@ -40,6 +39,7 @@ from infermeter.sidecar.trace_check import (
     load_document,
     mapping,
     number,
+    read_lines,
     sequence,
     show,
     text,
@@ -74,9 +74,7 @@ class ReplayResult:
 def load_meta(trace_dir: Path) -> tuple[dict[str, Any], list[TraceProblem]]:
     """meta.json ({} when absent or unreadable), and its problems."""
     path = trace_dir / META_FILE
-    if not path.is_file():
-        return {}, []
-    data, problems = load_document(path)
+    data, problems = load_document(path, absent={})
     if problems:
         return {}, problems
     key = "host"
@@ -125,12 +123,7 @@ def _target_line(_number: int, line: str) -> tuple[None, dict[str, Any]]:
 
 def load_processes(trace_dir: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
     """processes.jsonl's readable records ([] when absent), and its problems."""
-    path = trace_dir / PROCESSES_FILE
-    if not path.is_file():
-        return [], []
-    reader = LineReader(path)
-    rows = reader.rows(_target_line)
-    return rows, reader.problems
+    return read_lines(trace_dir / PROCESSES_FILE, _target_line, optional=True)
 
 
 def recorded_targets(trace_dir: Path, host: str) -> list[Target]:
@@ -185,10 +178,9 @@ def load_request_spans(path: Path) -> tuple[list[Span], list[TraceProblem]]:
     def header(line: str) -> None:
         headers.append(_spans_header(line))
 
-    reader = LineReader(path)
-    rows = reader.rows(_request_line, header)
+    rows, problems = read_lines(path, _request_line, header)
     if not headers:
-        return [], reader.problems
+        return [], problems
     h = headers[0]
     pid, model = int(h["pid"]), str(h["model"])
     framework, dtype = h.get("runtime"), h.get("dtype")
@@ -196,7 +188,7 @@ def load_request_spans(path: Path) -> tuple[list[Span], list[TraceProblem]]:
         Span(pid=pid, model=model, t0=t0, t1=t1, items=items, framework=framework, dtype=dtype)
         for t0, t1, items in rows
     ]
-    return spans, reader.problems
+    return spans, problems
 
 
 def request_spans(trace_dir: Path) -> list[Span]:
@@ -226,9 +218,7 @@ def _check_phase(d: dict[str, Any]) -> None:
 def load_workload(trace_dir: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
     """workload.json's phases ([] when absent or unreadable), and its problems."""
     path = trace_dir / WORKLOAD_FILE
-    if not path.is_file():
-        return [], []
-    data, problems = load_document(path)
+    data, problems = load_document(path, absent=[])
     if problems:
         return [], problems
     try:

@@ -326,6 +326,27 @@ def _longest_in_order(values: list[float]) -> list[int]:
     return out[::-1]
 
 
+def read_lines(
+    path: Path,
+    parse: Callable[[int, str], tuple[float | None, Any]],
+    header: Callable[[str], None] | None = None,
+    max_gap_s: float | None = None,
+    optional: bool = False,
+) -> tuple[list[Any], list[TraceProblem]]:
+    """A line-oriented trace file's readable rows and its problems, in one call.
+
+    The one reader of every such file, the core's and each plugin's: see
+    ``LineReader.rows`` for ``parse``, ``header`` and ``max_gap_s``. With
+    ``optional`` a file that is not there is a trace without it (no rows, no
+    problem); otherwise it is a problem, a file that cannot be read.
+    """
+    if optional and not path.is_file():
+        return [], []
+    reader = LineReader(path)
+    rows = reader.rows(parse, header, max_gap_s)
+    return rows, reader.problems
+
+
 def _what(e: Exception) -> str:
     if isinstance(e, BadValue):
         return str(e.args[0])
@@ -336,8 +357,17 @@ def _what(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def load_document(path: Path) -> tuple[Any, list[TraceProblem]]:
-    """A whole-file JSON document, or None and the problem (at the line JSON names)."""
+_REQUIRED: Any = object()
+
+
+def load_document(path: Path, absent: Any = _REQUIRED) -> tuple[Any, list[TraceProblem]]:
+    """A whole-file JSON document, or None and the problem (at the line JSON names).
+
+    With ``absent``, a file that is not there reads as ``absent`` with no
+    problem (a trace without it); without it, that is a problem too.
+    """
+    if absent is not _REQUIRED and not path.is_file():
+        return absent, []
     label = path
     try:
         data = path.read_bytes().decode("utf-8")

@@ -39,13 +39,13 @@ from infermeter.records import Framework, Target
 from infermeter.sidecar.trace_check import (
     MAX_GAP_S,
     BadValue,
-    LineReader,
     TraceProblem,
     json_value,
     key_line,
     load_document,
     mapping,
     number,
+    read_lines,
     show,
     text,
     whole,
@@ -89,9 +89,7 @@ def _row(_number: int, line: str) -> tuple[float, dict[str, Any]]:
 
 def load_rows(path: Path) -> tuple[list[dict[str, Any]], list[TraceProblem]]:
     """The readable rows of a cpu_times.jsonl in time order, and what could not be read."""
-    reader = LineReader(path)
-    rows = reader.rows(_row, max_gap_s=MAX_GAP_S)
-    return rows, reader.problems
+    return read_lines(path, _row, max_gap_s=MAX_GAP_S)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

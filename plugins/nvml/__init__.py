@@ -6,6 +6,7 @@ The hooks here only wire things up; the work is in:
   idle and keep-warm defaults by product name;
 - meter: NvmlMeter, energy per tick (counter at most once a second,
   instant power for the shape inside), per-process weights and holders;
+- query: nvml_query, one guarded NVML call with a default;
 - samples: the pure parts (power integral, weights from what polls saw);
 - record: NvmlRecorder, writing the shared fixtures' file format;
 - replay: NvmlStandIn, which answers like pynvml from a trace, and
@@ -20,7 +21,6 @@ returns nothing and logs one line saying why.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +68,7 @@ def open_nvml(nvml: Any) -> list[Gpu] | None:
     import pynvml
 
     from infermeter.plugins.nvml.devices import open_gpus
+    from infermeter.plugins.nvml.query import nvml_query
     from infermeter.plugins.nvml.samples import why
 
     try:
@@ -90,8 +91,7 @@ def open_nvml(nvml: Any) -> list[Gpu] | None:
         if not gpus:
             log.info("no NVIDIA GPU metering: NVML lists no usable GPU")
     if not gpus:
-        with contextlib.suppress(pynvml.NVMLError):
-            nvml.nvmlShutdown()
+        nvml_query(nvml.nvmlShutdown)
         return None
     return gpus
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pynvml
 
+from infermeter.plugins.nvml.query import nvml_query
 from infermeter.records import Device, DeviceKind
 
 log = logging.getLogger("infermeter.plugins.nvml")
@@ -74,25 +75,20 @@ class Gpu:
         return self.views[0].device.parent_uid is not None
 
 
-def _optional(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except pynvml.NVMLError as e:
-        log.info("NVML %s: %s (left unknown)", getattr(call, "__name__", call), e)
-        return None
-
-
 def describe(nvml: Any, handle: Any, index: int) -> Device:
     """The Device record of one GPU (or MIG instance) handle."""
     name = str(nvml.nvmlDeviceGetName(handle))
     uuid = str(nvml.nvmlDeviceGetUUID(handle))
-    memory = _optional(nvml.nvmlDeviceGetMemoryInfo, handle)
-    limit_mw = _optional(nvml.nvmlDeviceGetPowerManagementLimit, handle)
+    # What a GPU does not say is left unknown (None), and said once at INFO.
+    memory = nvml_query(nvml.nvmlDeviceGetMemoryInfo, handle, level=logging.INFO)
+    limit_mw = nvml_query(nvml.nvmlDeviceGetPowerManagementLimit, handle, level=logging.INFO)
     limit_w = limit_mw / 1000.0 if limit_mw else None
     idle, keepwarm = baseline_for(name, limit_w)
-    capability = _optional(nvml.nvmlDeviceGetCudaComputeCapability, handle)
+    capability = nvml_query(nvml.nvmlDeviceGetCudaComputeCapability, handle, level=logging.INFO)
     # The range a power cap may be set in: power-cap advice stays inside it.
-    constraints = _optional(nvml.nvmlDeviceGetPowerManagementLimitConstraints, handle)
+    constraints = nvml_query(
+        nvml.nvmlDeviceGetPowerManagementLimitConstraints, handle, level=logging.INFO
+    )
     low_w, high_w = (c / 1000.0 for c in constraints) if constraints else (None, None)
     return Device(
         uid=uuid,
@@ -115,11 +111,8 @@ def _scaled(watts: float | None, fraction: float) -> float | None:
 
 def mig_views(nvml: Any, handle: Any, parent: Device) -> tuple[View, ...]:
     """The MIG instances of a GPU in MIG mode, or () when it is not (or NVML cannot say)."""
-    try:
-        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-    except pynvml.NVMLError:  # NotSupported on GPUs without MIG: the common case
-        return ()
-    if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+    mode = nvml_query(nvml.nvmlDeviceGetMigMode, handle)  # NotSupported without MIG: common
+    if mode is None or mode[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
         return ()
     found: list[tuple[Any, str, str, int]] = []
     try:

@@ -85,6 +85,7 @@ import pynvml
 
 from infermeter.attribute.split import split_exactly
 from infermeter.plugins.nvml.devices import Gpu, View
+from infermeter.plugins.nvml.query import nvml_query
 from infermeter.plugins.nvml.samples import (
     FIELD_READERS,
     Piece,
@@ -591,7 +592,4 @@ class NvmlMeter:
             self._thread.join(timeout=5.0)
             self._thread = None
         if self._owns_init:
-            try:
-                self._nvml.nvmlShutdown()
-            except pynvml.NVMLError as e:
-                log.info("nvmlShutdown: %s", why(e))
+            nvml_query(self._nvml.nvmlShutdown, level=logging.INFO)

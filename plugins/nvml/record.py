@@ -26,6 +26,7 @@ from typing import IO, Any
 import pynvml
 
 from infermeter.plugins.nvml.devices import Gpu
+from infermeter.plugins.nvml.query import nvml_query
 from infermeter.plugins.nvml.trace import (
     DEVICE_COLUMNS,
     DEVICES_JSON,
@@ -88,14 +89,9 @@ class NvmlRecorder:
             self._files.append(_Files(gpu, device, writer, processes))
         (out_dir / DEVICES_JSON).write_text(json.dumps(identities, indent=1) + "\n")
 
-    def _ask(self, what: str, call: Any, *args: Any) -> Any:
-        try:
-            return call(*args)
-        except pynvml.NVMLError as e:
-            if what not in self._warned:
-                self._warned.add(what)
-                log.warning("recording NVML: %s unavailable (%s: %s)", what, type(e).__name__, e)
-            return None
+    def _ask(self, call: Any, *args: Any) -> Any:
+        """A value to record, or None (an empty cell); what NVML refuses is a warning, once."""
+        return nvml_query(call, *args, level=logging.WARNING)
 
     def sample(self, now: float, targets: Mapping[int, Target] | None = None) -> None:
         # NVML names the processes itself; discovery's targets are not needed.
@@ -129,34 +125,23 @@ class NvmlRecorder:
             )
         for f in self._files:
             h = f.gpu.handle
-            energy = (
-                self._ask("energy", nvml.nvmlDeviceGetTotalEnergyConsumption, h)
-                if counter
-                else None
-            )
-            fields = self._ask(
-                "instant power",
-                nvml.nvmlDeviceGetFieldValues,
-                h,
-                [pynvml.NVML_FI_DEV_POWER_INSTANT],
-            )
+            energy = self._ask(nvml.nvmlDeviceGetTotalEnergyConsumption, h) if counter else None
+            fields = self._ask(nvml.nvmlDeviceGetFieldValues, h, [pynvml.NVML_FI_DEV_POWER_INSTANT])
             instant = (
                 fields[0].value.uiVal
                 if fields is not None and fields[0].nvmlReturn == pynvml.NVML_SUCCESS
                 else None
             )
-            util = self._ask("utilisation", nvml.nvmlDeviceGetUtilizationRates, h)
+            util = self._ask(nvml.nvmlDeviceGetUtilizationRates, h)
             f.writer.writerow(
                 [
                     repr(now),
                     "" if energy is None else energy,
-                    _cell(self._ask("power", nvml.nvmlDeviceGetPowerUsage, h)),
+                    _cell(self._ask(nvml.nvmlDeviceGetPowerUsage, h)),
                     _cell(instant),
                     "" if util is None else util.gpu,
                     "" if util is None else util.memory,
-                    _cell(
-                        self._ask("SM clock", nvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
-                    ),
+                    _cell(self._ask(nvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)),
                 ]
             )
             if process:
@@ -174,7 +159,7 @@ class NvmlRecorder:
                 [s.pid, s.smUtil, s.memUtil, s.encUtil, s.decUtil, s.timeStamp] for s in samples
             ]
             f.last_seen = max([f.last_seen, *(int(s.timeStamp) for s in samples)])
-        procs = self._ask("processes", self._nvml.nvmlDeviceGetComputeRunningProcesses, h)
+        procs = self._ask(self._nvml.nvmlDeviceGetComputeRunningProcesses, h)
         line["procs"] = [[p.pid, p.usedGpuMemory] for p in procs or ()]
         return line
 
@@ -185,10 +170,7 @@ class NvmlRecorder:
         self._files = []
         if self._owns_init:
             self._owns_init = False
-            try:
-                self._nvml.nvmlShutdown()
-            except pynvml.NVMLError as e:
-                log.info("nvmlShutdown: %s", e)
+            nvml_query(self._nvml.nvmlShutdown, level=logging.INFO)
 
 
 def _cell(value: int | None) -> str | int:

@@ -41,13 +41,13 @@ from infermeter.records import Framework, Target
 from infermeter.sidecar.trace_check import (
     MAX_GAP_S,
     BadValue,
-    LineReader,
     TraceProblem,
     json_value,
     key_line,
     load_document,
     mapping,
     number,
+    read_lines,
     sequence,
     show,
     text,
@@ -136,10 +136,8 @@ def _device_row(_number: int, line: str) -> tuple[float, Row]:
 def load_device_csv(path: Path) -> tuple[DeviceTrace, list[TraceProblem]]:
     """The readable rows of a device file, and what could not be read."""
     trace = DeviceTrace()
-    reader = LineReader(path)
-    for t, energy, power, instant, util, mem, sm in reader.rows(
-        _device_row, _device_header, MAX_GAP_S
-    ):
+    rows, problems = read_lines(path, _device_row, _device_header, MAX_GAP_S)
+    for t, energy, power, instant, util, mem, sm in rows:
         trace.t.append(t)
         if energy is not None:
             trace.energy_t.append(t)
@@ -149,7 +147,7 @@ def load_device_csv(path: Path) -> tuple[DeviceTrace, list[TraceProblem]]:
         trace.util_gpu.append(util)
         trace.util_mem.append(mem)
         trace.sm_mhz.append(sm)
-    return trace, reader.problems
+    return trace, problems
 
 
 def read_device_csv(path: Path) -> DeviceTrace:
@@ -196,11 +194,7 @@ def _process_row(_number: int, line: str) -> tuple[float, ProcessRow]:
 
 def load_processes(path: Path) -> tuple[list[ProcessRow], list[TraceProblem]]:
     """The readable rows of a processes file (none when there is no file), and its problems."""
-    if not path.is_file():
-        return [], []
-    reader = LineReader(path)
-    rows = reader.rows(_process_row, max_gap_s=MAX_GAP_S)
-    return rows, reader.problems
+    return read_lines(path, _process_row, max_gap_s=MAX_GAP_S, optional=True)
 
 
 def read_processes(path: Path) -> list[ProcessRow]:
@@ -232,9 +226,7 @@ def load_devices(trace_dir: Path) -> tuple[dict[int, Identity], list[TraceProble
     partial replay are then named from nvml_api.json or the folder.
     """
     path = trace_dir / DEVICES_JSON
-    if not path.is_file():
-        return {}, []
-    data, problems = load_document(path)
+    data, problems = load_document(path, absent=[])
     if problems:
         return {}, problems
     found: dict[int, Identity] = {}
@@ -280,9 +272,7 @@ _API_VALUES: dict[str, tuple[type, ...]] = {
 def load_api(trace_dir: Path) -> tuple[dict[str, Any], list[TraceProblem]]:
     """The identity values nvml_api.json recorded (Python reprs), and its problems."""
     path = trace_dir / API_JSON
-    if not path.is_file():
-        return {}, []
-    data, problems = load_document(path)
+    data, problems = load_document(path, absent={})
     if problems:
         return {}, problems
     try:
@@ -370,9 +360,7 @@ def _json_lines_header(path: Path) -> dict[str, Any] | None:
 
 def _document(path: Path) -> Any:
     """A JSON document the core checks (meta.json, workload.json), or None when unreadable."""
-    if not path.is_file():
-        return None
-    data, problems = load_document(path)
+    data, problems = load_document(path, absent=None)
     return None if problems else data
 
 
