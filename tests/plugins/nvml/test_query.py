@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
+from support import FIXTURES
 
 from infermeter.plugins.nvml.devices import open_gpus
 from infermeter.plugins.nvml.query import nvml_query
@@ -20,7 +21,7 @@ from infermeter.plugins.nvml.record import NvmlRecorder
 from infermeter.plugins.nvml.replay import NvmlStandIn
 from infermeter.plugins.nvml.trace import check_files
 
-ENCODER = Path(__file__).resolve().parent / "fixtures" / "h100-resnet-encoder"
+ENCODER = FIXTURES / "h100-resnet-encoder"
 LOGGER = "infermeter.plugins.nvml"
 
 
