@@ -19,6 +19,9 @@ raise into the application or change what the runtime does.
   ``import torch`` without importing torch itself.
 - ``Patches`` replaces attributes of classes and puts them back, at most once
   per attribute however often ``patch()`` is called.
+- ``Instrumentor`` is what each plugin's ``patch``/``unpatch``/``is_patched``
+  and ``infermeter_instrument`` are: one instance per plugin module, which
+  says only which modules to watch and what to patch in each.
 
 Timing, in every plugin: ``perf_counter()`` before and after the call, and one
 ``emitter.wall_time()`` after it; ``t0 = t1 - (after - before)``. One call
@@ -39,10 +42,15 @@ import sys
 import threading
 import types
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from infermeter.hookspecs import hookimpl
 from infermeter.records import Span
+
+if TYPE_CHECKING:
+    from infermeter.hookspecs import SpanEmitter
 
 log = logging.getLogger(__name__)
 
@@ -386,3 +394,107 @@ def watched() -> list[str]:
     """Module names still waiting for their import (for tests and diagnostics)."""
     with _finder.lock:
         return sorted(_finder.watch)
+
+
+# --------------------------------------------------------------------------- instrumentor
+
+
+class Instrumentor(ABC):
+    """One runtime's instrumentation, behind a plugin's ``patch``/``unpatch``/``is_patched``.
+
+    The idea of OpenTelemetry's ``BaseInstrumentor``: the plugin subclasses it
+    once, names the modules to watch (``modules``) and what to patch in each
+    (``install``), and its module-level ``patch``, ``unpatch``, ``is_patched``
+    and ``infermeter_instrument`` are one instance's methods, so the import
+    hooks, the lock, the restore and the hook's guard are written once.
+    Unlike ``BaseInstrumentor``, patching again is not refused: ``Patches``
+    never wraps twice, and the new emitter replaces the old one.
+
+    The emitter and the failure count live in the plugin module's globals
+    (``namespace``: pass ``globals()``), as ``_emitter`` and ``errors``. A
+    wrapper reads ``_emitter`` on every call, and a module global is the
+    cheapest read there is (one cached LOAD_GLOBAL); ``self.emitter`` would
+    add an attribute load to every instrumented call.
+    """
+
+    framework: str = ""  # the runtime, in log messages
+    modules: tuple[str, ...] = ()  # whose import (now or later) runs ``install``
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+        namespace["_emitter"] = None
+        namespace["errors"] = 0  # instrumentation failures swallowed (the call went on)
+        self.log = logging.getLogger(str(namespace.get("__name__", __name__)))
+        self.patches = Patches()
+        self.lock = threading.Lock()
+        # One bound method, registered with when_imported and cancelled by unpatch.
+        self._on_import = self._install
+
+    @abstractmethod
+    def install(self, module: types.ModuleType) -> None:
+        """Patch what ``module`` (one of ``modules``) defines, with ``self.patches``.
+
+        Runs under ``self.lock``, at ``patch()`` when the module is already
+        imported, else right after its import.
+        """
+
+    def forget(self) -> None:  # noqa: B027  (optional: a runtime may cache nothing)
+        """Drop what was learnt about the runtime's objects (caches); runs in ``unpatch``.
+
+        Runs under ``self.lock``, after the originals are back.
+        """
+
+    def _install(self, module: types.ModuleType) -> None:
+        with self.lock:
+            self.install(module)
+
+    def patch(self, emitter: SpanEmitter) -> bool:
+        """Instrument the watched modules imported now, and each one imported later.
+
+        Idempotent: a second call patches nothing again and only replaces the
+        emitter. False when none of ``modules`` is installed (nothing to wait for).
+        """
+        self.namespace["_emitter"] = emitter
+        found = [when_imported(name, self._on_import) for name in self.modules]
+        return any(found)
+
+    def unpatch(self) -> None:
+        """Put the originals back and forget cached objects and pending import hooks."""
+        with self.lock:
+            cancel_when_imported(self._on_import)
+            self.patches.restore()
+            self.namespace["_emitter"] = None
+            self.forget()
+
+    def is_patched(self) -> bool:
+        return bool(self.patches)
+
+    @hookimpl
+    def instrument(self, emitter: SpanEmitter) -> bool | None:
+        """The plugin's ``infermeter_instrument``: ``patch``, never raising into the application.
+
+        True when patched or waiting for an import; None (no answer) when the
+        runtime is not installed or patching failed, which is logged. A hook
+        implementation already: the plugin module binds it as
+        ``infermeter_instrument = _instrumentor.instrument`` (pluggy drops
+        ``self`` from a bound method's arguments).
+        """
+        try:
+            return self.patch(emitter) or None
+        except Exception:
+            self.log.warning("could not instrument %s", self.framework, exc_info=True)
+            return None
+
+    def failed(self) -> None:
+        """Count a failure of the instrumentation that the call itself survived.
+
+        Called from an ``except`` block; the first one is logged (at debug,
+        with its traceback), the rest only counted: a broken emitter must not
+        flood the application's log at every call.
+        """
+        errors = self.namespace["errors"] + 1
+        self.namespace["errors"] = errors
+        if errors == 1:
+            self.log.debug(
+                "%s instrumentation failed; the call went on", self.framework, exc_info=True
+            )

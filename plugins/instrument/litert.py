@@ -31,29 +31,22 @@ to ``interpreter._interpreter``.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import types
 from time import perf_counter
 from typing import Any
 
-from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
 from infermeter.plugins.instrument import _base as base
 
-log = logging.getLogger(__name__)
-
 FRAMEWORK = "litert"
+# Kept by _instrumentor, beside `errors` (the failures it swallowed); read per call as a global.
+_emitter: SpanEmitter | None = None
 MODULES = (
     "ai_edge_litert.interpreter",
     "tflite_runtime.interpreter",
     "tensorflow.lite.python.interpreter",
 )
-_emitter: SpanEmitter | None = None
-_patches = base.Patches()
-_lock = threading.Lock()
-errors = 0
 
 
 class _Model:
@@ -129,7 +122,7 @@ def _make_init(original: Any) -> Any:
             if path:
                 _paths.set(self, os.fspath(path))
         except Exception:
-            _failed()
+            _instrumentor.failed()
 
     return __init__
 
@@ -151,7 +144,7 @@ def _make_invoke(original: Any) -> Any:
                 model.name, start, end, batch, base.NO_TAGS, FRAMEWORK, model.device, None, None
             )
         except Exception:
-            _failed()
+            _instrumentor.failed()
         return result
 
     return invoke
@@ -185,58 +178,34 @@ def _make_runner_call(original: Any) -> Any:
                 model.name, start, end, items, tags, FRAMEWORK, model.device, None, None
             )
         except Exception:
-            _failed()
+            _instrumentor.failed()
         return result
 
     return __call__
 
 
-def _failed() -> None:
-    global errors
-    errors += 1
-    if errors == 1:
-        log.debug("litert instrumentation failed; the call went on", exc_info=True)
+class _LiteRtInstrumentor(base.Instrumentor):
+    """Patches ``Interpreter`` and ``SignatureRunner`` in each module that defines them."""
 
+    framework = FRAMEWORK
+    modules = MODULES
 
-def _patch_module(module: types.ModuleType) -> None:
-    interpreter = getattr(module, "Interpreter", None)
-    runner = getattr(module, "SignatureRunner", None)
-    with _lock:
+    def install(self, module: types.ModuleType) -> None:
+        interpreter = getattr(module, "Interpreter", None)
+        runner = getattr(module, "SignatureRunner", None)
         if isinstance(interpreter, type):
-            _patches.replace(interpreter, "__init__", _make_init)
-            _patches.replace(interpreter, "invoke", _make_invoke)
-            _patches.replace(interpreter, "resize_tensor_input", _make_resize)
+            self.patches.replace(interpreter, "__init__", _make_init)
+            self.patches.replace(interpreter, "invoke", _make_invoke)
+            self.patches.replace(interpreter, "resize_tensor_input", _make_resize)
         if isinstance(runner, type):
-            _patches.replace(runner, "__call__", _make_runner_call)
+            self.patches.replace(runner, "__call__", _make_runner_call)
 
-
-def patch(emitter: SpanEmitter) -> bool:
-    """Instrument every LiteRT/TFLite interpreter module imported now or later. Idempotent."""
-    global _emitter
-    _emitter = emitter
-    found = [base.when_imported(name, _patch_module) for name in MODULES]
-    return any(found)
-
-
-def unpatch() -> None:
-    """Put the methods back and forget cached interpreters and import hooks."""
-    global _emitter
-    with _lock:
-        base.cancel_when_imported(_patch_module)
-        _patches.restore()
-        _emitter = None
+    def forget(self) -> None:
         _models.clear()
 
 
-def is_patched() -> bool:
-    return bool(_patches)
-
-
-@hookimpl
-def infermeter_instrument(emitter: SpanEmitter) -> bool | None:
-    """Patch LiteRT/TFLite interpreters; True when patched or waiting for their import."""
-    try:
-        return patch(emitter) or None
-    except Exception:
-        log.warning("could not instrument litert", exc_info=True)
-        return None
+_instrumentor = _LiteRtInstrumentor(globals())
+patch = _instrumentor.patch
+unpatch = _instrumentor.unpatch
+is_patched = _instrumentor.is_patched
+infermeter_instrument = _instrumentor.instrument

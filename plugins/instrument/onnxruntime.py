@@ -29,22 +29,19 @@ its provider list. A failed run emits nothing and raises what it raised.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import types
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
 from infermeter.plugins.instrument import _base as base
 from infermeter.plugins.instrument._base import make_span
 
-log = logging.getLogger(__name__)
-
 FRAMEWORK = "onnxruntime"
+# Kept by _instrumentor, beside `errors` (the failures it swallowed); read per call as a global.
+_emitter: SpanEmitter | None = None
 MODULE = "onnxruntime.capi.onnxruntime_inference_collection"
 RUN_METHODS = (
     "run",
@@ -53,10 +50,6 @@ RUN_METHODS = (
     "run_with_ortvaluevector",
     "run_async",
 )
-_emitter: SpanEmitter | None = None
-_patches = base.Patches()
-_lock = threading.Lock()
-errors = 0
 
 
 class _Session:
@@ -196,7 +189,7 @@ def _make_run(name: str) -> Callable[[Any], Any]:
                     None,
                 )
             except Exception:
-                _failed()
+                _instrumentor.failed()
             return result
 
         return run
@@ -229,7 +222,7 @@ def _make_run_async(original: Any) -> Any:
                     t1 = emitter.wall_time()
                     _emit(emitter, self, t1 - (perf_counter() - start), t1, items)
                 except Exception:
-                    _failed()
+                    _instrumentor.failed()
             return callback(results, data, err)
 
         return original(self, output_names, input_feed, on_done, user_data, *args, **kwargs)
@@ -237,50 +230,27 @@ def _make_run_async(original: Any) -> Any:
     return run_async
 
 
-def _failed() -> None:
-    global errors
-    errors += 1
-    if errors == 1:
-        log.debug("onnxruntime instrumentation failed; the run went on", exc_info=True)
+class _OnnxRuntimeInstrumentor(base.Instrumentor):
+    """Patches the ``run*`` methods of ``InferenceSession``'s class; forgets described sessions."""
 
+    framework = FRAMEWORK
+    modules = (MODULE,)
 
-def _patch_module(module: types.ModuleType) -> None:
-    session_cls = getattr(module, "InferenceSession", None)
-    if session_cls is None:
-        return
-    with _lock:
+    def install(self, module: types.ModuleType) -> None:
+        session_cls = getattr(module, "InferenceSession", None)
+        if session_cls is None:
+            return
         for name in RUN_METHODS:
             if callable(getattr(session_cls, name, None)):
                 make = _make_run_async if name == "run_async" else _make_run(name)
-                _patches.replace(session_cls, name, make)
+                self.patches.replace(session_cls, name, make)
 
-
-def patch(emitter: SpanEmitter) -> bool:
-    """Instrument ONNX Runtime now if imported, else right after its import. Idempotent."""
-    global _emitter
-    _emitter = emitter
-    return base.when_imported(MODULE, _patch_module)
-
-
-def unpatch() -> None:
-    """Put the ``run*`` methods back and forget cached sessions and import hooks."""
-    global _emitter
-    with _lock:
-        base.cancel_when_imported(_patch_module)
-        _patches.restore()
-        _emitter = None
+    def forget(self) -> None:
         _sessions.clear()
 
 
-def is_patched() -> bool:
-    return bool(_patches)
-
-
-@hookimpl
-def infermeter_instrument(emitter: SpanEmitter) -> bool | None:
-    """Patch ONNX Runtime's run entry points; True when patched or waiting for its import."""
-    try:
-        return patch(emitter) or None
-    except Exception:
-        log.warning("could not instrument onnxruntime", exc_info=True)
-        return None
+_instrumentor = _OnnxRuntimeInstrumentor(globals())
+patch = _instrumentor.patch
+unpatch = _instrumentor.unpatch
+is_patched = _instrumentor.is_patched
+infermeter_instrument = _instrumentor.instrument

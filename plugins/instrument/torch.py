@@ -48,23 +48,18 @@ returns. A failed call emits no span; the exception propagates unchanged.
 
 from __future__ import annotations
 
-import logging
 import threading
 import types
 from time import perf_counter
 from typing import Any
 
-from infermeter import hookimpl
 from infermeter.hookspecs import SpanEmitter
 from infermeter.plugins.instrument import _base as base
 from infermeter.plugins.instrument._base import make_span
 
-log = logging.getLogger(__name__)
-
 FRAMEWORK = "torch"
+# Kept by _instrumentor, beside `errors` (the failures it swallowed); read per call as a global.
 _emitter: SpanEmitter | None = None
-_patches = base.Patches()
-_lock = threading.Lock()
 _torch: Any = None  # the torch module, once seen
 _Tensor: Any = type(None)  # torch.Tensor, once seen
 
@@ -75,7 +70,6 @@ def _never() -> bool:
 
 _is_compiling: Any = _never  # torch.compiler.is_compiling once torch is seen
 _is_tracing: Any = _never  # torch._C._is_tracing (35 ns; torch.jit.is_tracing wraps it)
-errors = 0  # instrumentation failures swallowed (the call itself went on)
 
 
 class _Active(threading.local):
@@ -148,7 +142,7 @@ def _model_of(module: Any) -> _Model | None:
         try:
             model = _describe(module)
         except Exception:
-            _failed()
+            _instrumentor.failed()
             model = _SKIP
         if model is None:
             return None
@@ -187,7 +181,7 @@ def _cuda_call(
             begin.record(stream)
     except Exception:
         begin = done = None
-        _failed()
+        _instrumentor.failed()
     _tls.active = True
     try:
         start = perf_counter()
@@ -226,15 +220,8 @@ def _cuda_call(
 
         emitter.emit_pending(span, finished)
     except Exception:
-        _failed()
+        _instrumentor.failed()
     return result
-
-
-def _failed() -> None:
-    global errors
-    errors += 1
-    if errors == 1:
-        log.debug("torch instrumentation failed; the call went on", exc_info=True)
 
 
 def _can_inline(module_cls: type) -> bool:
@@ -309,51 +296,35 @@ def _make_call(original: Any, inline: bool) -> Any:
                 model.parameters,
             )
         except Exception:
-            _failed()
+            _instrumentor.failed()
         return result
 
     return __call__
 
 
-def _patch_torch(torch: types.ModuleType) -> None:
-    global _torch, _Tensor, _is_compiling, _is_tracing
-    with _lock:
+class _TorchInstrumentor(base.Instrumentor):
+    """Patches ``torch.nn.Module.__call__`` once torch is imported; forgets described models."""
+
+    framework = FRAMEWORK
+    modules = ("torch",)
+
+    def install(self, torch: types.ModuleType) -> None:
+        global _torch, _Tensor, _is_compiling, _is_tracing
         _torch, _Tensor = torch, torch.Tensor
         compiler = getattr(torch, "compiler", None)
         _is_compiling = getattr(compiler, "is_compiling", _never)
         _is_tracing = getattr(torch._C, "_is_tracing", None) or torch.jit.is_tracing
         module_cls = torch.nn.Module
         inline = _can_inline(module_cls)
-        _patches.replace(module_cls, "__call__", lambda original: _make_call(original, inline))
+        self.patches.replace(module_cls, "__call__", lambda original: _make_call(original, inline))
 
-
-def patch(emitter: SpanEmitter) -> bool:
-    """Instrument torch now if imported, else right after its import. Idempotent."""
-    global _emitter
-    _emitter = emitter
-    return base.when_imported("torch", _patch_torch)
-
-
-def unpatch() -> None:
-    """Put ``Module.__call__`` back, forget cached models and any pending import hook."""
-    global _emitter
-    with _lock:
-        base.cancel_when_imported(_patch_torch)
-        _patches.restore()
-        _emitter = None
+    def forget(self) -> None:
         _models.clear()
         _tls.active = False
 
 
-def is_patched() -> bool:
-    return bool(_patches)
-
-
-@hookimpl
-def infermeter_instrument(emitter: SpanEmitter) -> bool | None:
-    """Patch torch's root-model calls; True when patched or waiting for ``import torch``."""
-    try:
-        return patch(emitter) or None
-    except Exception:
-        log.warning("could not instrument torch", exc_info=True)
-        return None
+_instrumentor = _TorchInstrumentor(globals())
+patch = _instrumentor.patch
+unpatch = _instrumentor.unpatch
+is_patched = _instrumentor.is_patched
+infermeter_instrument = _instrumentor.instrument

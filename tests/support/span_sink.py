@@ -85,3 +85,19 @@ class MemoryEmitter:
         fields = [f.name for f in dataclasses.fields(Span)]
         rows = [{name: getattr(s, name) for name in fields} for s in self.spans]
         return json.dumps([{**row, "tags": dict(row["tags"])} for row in rows])
+
+
+class BrokenEmitter(MemoryEmitter):
+    """An emitter whose every method raises: what a plugin must survive without a trace."""
+
+    def wall_time(self) -> float:
+        raise RuntimeError("clock is broken")
+
+    def emit(self, span: Span) -> None:
+        raise RuntimeError("emitter is broken")
+
+    def emit_call(self, *args: object) -> None:
+        raise RuntimeError("emitter is broken")
+
+    def emit_pending(self, span: Span, finished: Callable[[], float | None]) -> None:
+        raise RuntimeError("emitter is broken")

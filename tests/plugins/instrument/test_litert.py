@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ai_edge_litert import interpreter as litert
 from support import TESTS
-from support.span_sink import MemoryEmitter
+from support.span_sink import BrokenEmitter, MemoryEmitter
 
 from infermeter.plugins.instrument import litert as plugin
 
@@ -146,13 +146,6 @@ def test_errors_propagate_unchanged_and_emit_nothing(em: MemoryEmitter) -> None:
 
 
 def test_instrumentation_failures_never_reach_the_application() -> None:
-    class BrokenEmitter(MemoryEmitter):
-        def emit(self, span: object) -> None:
-            raise RuntimeError("emitter is broken")
-
-        def emit_call(self, *args: object) -> None:
-            raise RuntimeError("emitter is broken")
-
     plugin.patch(BrokenEmitter())
     before = plugin.errors
     interp = litert.Interpreter(model_path=str(MODEL))

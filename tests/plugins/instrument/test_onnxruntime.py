@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from support import TESTS
-from support.span_sink import MemoryEmitter
+from support.span_sink import BrokenEmitter, MemoryEmitter
 
 from infermeter.plugins.instrument import onnxruntime as plugin
 
@@ -180,13 +180,6 @@ def test_errors_propagate_unchanged_and_emit_nothing(em: MemoryEmitter, model_pa
 
 
 def test_instrumentation_failures_never_reach_the_application(model_path: Path) -> None:
-    class BrokenEmitter(MemoryEmitter):
-        def wall_time(self) -> float:
-            raise RuntimeError("clock is broken")
-
-        def emit_call(self, *args: object) -> None:
-            raise RuntimeError("emitter is broken")
-
     plugin.patch(BrokenEmitter())
     before = plugin.errors
     [y] = session(model_path).run(None, {"x": np.ones((1, 4), np.float32)})

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from support import TESTS
-from support.span_sink import MemoryEmitter
+from support.span_sink import BrokenEmitter, MemoryEmitter
 from torch import nn
 
 from infermeter.plugins.instrument import _base as _instrument
@@ -178,13 +178,6 @@ def test_model_exception_propagates_unchanged_and_no_span(em: MemoryEmitter) -> 
 
 
 def test_instrumentation_failures_never_reach_the_application() -> None:
-    class BrokenEmitter(MemoryEmitter):
-        def emit(self, span: object) -> None:
-            raise RuntimeError("emitter is broken")
-
-        def emit_call(self, *args: object) -> None:
-            raise RuntimeError("emitter is broken")
-
     instrument_torch.patch(BrokenEmitter())
     before = instrument_torch.errors
     model = mlp()
