@@ -74,7 +74,7 @@ def _capped(rec: Recommendation) -> Recommendation:
 
 def collect(pm: Any, stats: Stats, config: Config) -> list[Recommendation]:
     """Every recommender's answer for ``stats``, checked, deduplicated and ranked."""
-    raw = pm.collect("infermeter_recommend", stats=stats.as_mapping(), config=config)
+    raw = pm.collect("infermeter_recommend", stats=stats, config=config)
     floor = float(setting(config, OPTIONS, "min_savings_usd_month"))
     best: dict[str, Recommendation] = {}
     for rec in raw:

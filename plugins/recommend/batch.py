@@ -25,20 +25,14 @@ not lower its energy per item is silent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    BatchPoint,
-    ModelStats,
-    models_of,
-    prices_of,
-    window_of,
-)
+from infermeter.recommend.stats import BatchPoint, ModelStats, Stats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -142,7 +136,7 @@ def _latency(point: BatchPoint | None) -> dict[str, float | None]:
     return {"p50_ms": rounded(point.p50_ms), "p99_ms": rounded(point.p99_ms)}
 
 
-def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Recommendation | None:
+def recommend_one(m: ModelStats, stats: Stats, config: Config) -> Recommendation | None:
     opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
     if m.device.kind != "gpu" or m.calls < int(opt["min_calls"]) or m.cost_usd is None:
         return None
@@ -253,8 +247,8 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
         "batch",
         Subject("model", m.key, m.device.host, m.cost_usd),
         WindowSaving(energy_j=saved_j),
-        window_of(stats),
-        prices_of(stats),
+        stats.window,
+        stats.prices,
         confidence,
         reason,
         how,
@@ -268,9 +262,9 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     out = []
-    for m in models_of(stats):
+    for m in stats.models:
         rec = recommend_one(m, stats, config)
         if rec is not None:
             out.append(rec)

@@ -19,21 +19,13 @@ same joule twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    DeviceStats,
-    TargetStats,
-    devices_of,
-    prices_of,
-    targets_of,
-    window_of,
-)
+from infermeter.recommend.stats import DeviceStats, Stats, TargetStats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -49,9 +41,9 @@ _REASON = "measured keep-warm draw and cost; assumes the idle stretches recur at
 
 
 def for_target(
-    t: TargetStats, device: DeviceStats, stats: Mapping[str, Any], min_s: float
+    t: TargetStats, device: DeviceStats, stats: Stats, min_s: float
 ) -> Recommendation | None:
-    prices = prices_of(stats)
+    prices = stats.prices
     stretches = [s for s in t.idle_stretches if s.seconds >= min_s]
     if not stretches or t.cost_usd is None or any(s.cost_usd is None for s in stretches):
         return None
@@ -92,7 +84,7 @@ def for_target(
         WindowSaving(
             energy_j=energy, other_usd=max(cost - (prices.energy_usd(energy) or 0.0), 0.0)
         ),
-        window_of(stats),
+        stats.window,
         prices,
         "medium",
         _REASON,
@@ -101,8 +93,8 @@ def for_target(
     )
 
 
-def for_device(d: DeviceStats, stats: Mapping[str, Any], min_s: float) -> Recommendation | None:
-    prices = prices_of(stats)
+def for_device(d: DeviceStats, stats: Stats, min_s: float) -> Recommendation | None:
+    prices = stats.prices
     gaps = [g for g in d.gaps if g.seconds >= min_s]
     if not gaps or d.cost_usd is None or any(g.idle_cost_usd is None for g in gaps):
         return None
@@ -137,7 +129,7 @@ def for_device(d: DeviceStats, stats: Mapping[str, Any], min_s: float) -> Recomm
             "device", f"{d.info.name} {d.info.uid[:12]}@{d.info.host}", d.info.host, d.cost_usd
         ),
         WindowSaving(energy_j=idle_j, other_usd=other),
-        window_of(stats),
+        stats.window,
         prices,
         "medium" if rented else "low",
         _REASON if rented else _REASON + "; an owned card's purchase is not saved",
@@ -152,11 +144,11 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     min_s = float(setting(config, OPTIONS, "min_stretch_s"))
-    devices = {d.info.uid: d for d in devices_of(stats) if d.info.kind == "gpu"}
+    devices = {d.info.uid: d for d in stats.devices if d.info.kind == "gpu"}
     out = []
-    for t in targets_of(stats):
+    for t in stats.targets:
         device = devices.get(t.device_uid)
         if device is not None:
             rec = for_target(t, device, stats, min_s)

@@ -37,23 +37,14 @@ Both are sized for the measured item rate at ``HEADROOM`` utilisation.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    DeviceStats,
-    ModelStats,
-    Prices,
-    devices_of,
-    models_of,
-    prices_of,
-    window_of,
-)
+from infermeter.recommend.stats import DeviceStats, ModelStats, Prices, Stats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -203,9 +194,9 @@ def _edges(
     return out
 
 
-def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Recommendation | None:
+def recommend_one(m: ModelStats, stats: Stats, config: Config) -> Recommendation | None:
     opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
-    prices = prices_of(stats)
+    prices = stats.prices
     if m.device.kind != "gpu" or m.calls < int(opt["min_calls"]) or m.items <= 0:
         return None
     if m.loaded_cost_usd is None or m.loaded_cost_usd <= 0 or m.busy_fraction is None:
@@ -225,8 +216,8 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
         m,
         flops,
         host_s,
-        devices_of(stats),
-        models_of(stats),
+        stats.devices,
+        stats.models,
         prices,
         float(opt["cpu_gflops_per_core"]),
     )
@@ -286,7 +277,7 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
         "move-to-cpu",
         Subject("model", m.key, m.device.host, gpu_cost),
         WindowSaving(energy_j=energy_saved, other_usd=other),
-        window_of(stats),
+        stats.window,
         prices,
         confidence,
         reason,
@@ -301,9 +292,9 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     out = []
-    for m in models_of(stats):
+    for m in stats.models:
         rec = recommend_one(m, stats, config)
         if rec is not None:
             out.append(rec)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from infermeter.config import Config, Option
 from infermeter.errors import InfermeterError
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import DeviceSample, DeviceStats, devices_of, prices_of, window_of
+from infermeter.recommend.stats import DeviceSample, DeviceStats, Stats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -109,9 +109,7 @@ def effect(
     return worst, saved
 
 
-def recommend_one(
-    d: DeviceStats, stats: Mapping[str, Any], config: Config
-) -> Recommendation | None:
+def recommend_one(d: DeviceStats, stats: Stats, config: Config) -> Recommendation | None:
     opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
     info = d.info
     if info.kind != "gpu" or d.cost_usd is None or not info.power_limit_w:
@@ -163,8 +161,8 @@ def recommend_one(
         "power-cap",
         Subject("device", f"{info.name} {info.uid[:12]}@{info.host}", info.host, d.cost_usd),
         WindowSaving(energy_j=saved_j),
-        window_of(stats),
-        prices_of(stats),
+        stats.window,
+        stats.prices,
         "low",
         "modelled from window power and utilisation, not measured under a cap; "
         "check throughput after setting it",
@@ -185,9 +183,9 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     out = []
-    for d in devices_of(stats):
+    for d in stats.devices:
         rec = recommend_one(d, stats, config)
         if rec is not None:
             out.append(rec)

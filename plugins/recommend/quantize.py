@@ -22,14 +22,14 @@ Estimate, best evidence first:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import ModelStats, models_of, prices_of, window_of
+from infermeter.recommend.stats import ModelStats, Stats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -100,7 +100,7 @@ def measured_ratio(
 
 
 def recommend_one(
-    m: ModelStats, models: Sequence[ModelStats], stats: Mapping[str, Any], config: Config
+    m: ModelStats, models: Sequence[ModelStats], stats: Stats, config: Config
 ) -> Recommendation | None:
     opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
     if m.device.kind != "gpu" or m.dtype != "fp32" or m.cost_usd is None:
@@ -181,8 +181,8 @@ def recommend_one(
         "quantize",
         Subject("model", m.key, m.device.host, m.cost_usd),
         saving,
-        window_of(stats),
-        prices_of(stats),
+        stats.window,
+        stats.prices,
         confidence,
         reason,
         how,
@@ -196,8 +196,8 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    models = models_of(stats)
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
+    models = stats.models
     out = []
     for m in models:
         rec = recommend_one(m, models, stats, config)

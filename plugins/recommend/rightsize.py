@@ -23,14 +23,13 @@ evidence. Needs the device's own card entry (to compare speeds) and rate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
 from infermeter.recommend.options import setting
-from infermeter.recommend.stats import DeviceStats, devices_of, prices_of, window_of
+from infermeter.recommend.stats import DeviceStats, Stats
 from infermeter.records import DeviceRate, Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -67,11 +66,9 @@ def _complete(rate: DeviceRate | None) -> bool:
     return bool(rate and rate.memory_gb and rate.tflops and rate.memory_bw_gbps and not rate.edge)
 
 
-def recommend_one(
-    d: DeviceStats, stats: Mapping[str, Any], config: Config
-) -> Recommendation | None:
+def recommend_one(d: DeviceStats, stats: Stats, config: Config) -> Recommendation | None:
     opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
-    prices = prices_of(stats)
+    prices = stats.prices
     card = prices.card
     info = d.info
     if info.kind != "gpu" or card is None or d.cost_usd is None or info.hourly_usd is None:
@@ -132,7 +129,7 @@ def recommend_one(
         "right-size",
         Subject("device", f"{info.name} {info.uid[:12]}@{info.host}", info.host, d.cost_usd),
         saving,
-        window_of(stats),
+        stats.window,
         prices,
         "medium",
         "measured memory and utilisation against datasheet speeds (bounded by the weaker one)",
@@ -147,9 +144,9 @@ def infermeter_config_options() -> Sequence[Option]:
 
 
 @hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     out = []
-    for d in devices_of(stats):
+    for d in stats.devices:
         rec = recommend_one(d, stats, config)
         if rec is not None:
             out.append(rec)
