@@ -40,12 +40,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks, models
+from infermeter.recommend.money import Subject, WindowSaving, rounded
 from infermeter.recommend.stats import DeviceStats, ModelStats, Prices, Stats
-from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -194,8 +192,7 @@ def _edges(
     return out
 
 
-def recommend_one(m: ModelStats, stats: Stats, config: Config) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
+def recommend_one(m: ModelStats, stats: Stats, opt: Options) -> Advice | None:
     prices = stats.prices
     if m.device.kind != "gpu" or m.calls < int(opt["min_calls"]) or m.items <= 0:
         return None
@@ -273,12 +270,10 @@ def recommend_one(m: ModelStats, stats: Stats, config: Config) -> Recommendation
         f"the measured {evidence['items_per_s_while_running']} items/s, then release the GPU "
         f"(or give it to a model that needs it)."
     )
-    return advice(
+    return Advice(
         "move-to-cpu",
         Subject("model", m.key, m.device.host, gpu_cost),
         WindowSaving(energy_j=energy_saved, other_usd=other),
-        stats.window,
-        prices,
         confidence,
         reason,
         how,
@@ -286,16 +281,4 @@ def recommend_one(m: ModelStats, stats: Stats, config: Config) -> Recommendation
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
-    out = []
-    for m in stats.models:
-        rec = recommend_one(m, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(models, recommend_one))

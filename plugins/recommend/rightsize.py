@@ -23,14 +23,11 @@ evidence. Needs the device's own card entry (to compare speeds) and rate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, devices, hooks
+from infermeter.recommend.money import Subject, WindowSaving, rounded
 from infermeter.recommend.stats import DeviceStats, Stats
-from infermeter.records import DeviceRate, Recommendation
+from infermeter.records import DeviceRate
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -66,8 +63,7 @@ def _complete(rate: DeviceRate | None) -> bool:
     return bool(rate and rate.memory_gb and rate.tflops and rate.memory_bw_gbps and not rate.edge)
 
 
-def recommend_one(d: DeviceStats, stats: Stats, config: Config) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
+def recommend_one(d: DeviceStats, stats: Stats, opt: Options) -> Advice | None:
     prices = stats.prices
     card = prices.card
     info = d.info
@@ -125,12 +121,10 @@ def recommend_one(d: DeviceStats, stats: Stats, config: Config) -> Recommendatio
         f"{peak / 2**30:.1f} GiB fits with headroom, and its p{quantile} "
         f"utilisation would be at most {after:.0%} on it."
     )
-    return advice(
+    return Advice(
         "right-size",
         Subject("device", f"{info.name} {info.uid[:12]}@{info.host}", info.host, d.cost_usd),
         saving,
-        stats.window,
-        prices,
         "medium",
         "measured memory and utilisation against datasheet speeds (bounded by the weaker one)",
         how,
@@ -138,16 +132,4 @@ def recommend_one(d: DeviceStats, stats: Stats, config: Config) -> Recommendatio
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
-    out = []
-    for d in stats.devices:
-        rec = recommend_one(d, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(devices, recommend_one))
