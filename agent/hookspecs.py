@@ -278,8 +278,10 @@ def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendatio
     PUE, carbon intensity, the PriceCard), ``models`` (per deployment:
     calls, items, J/item and latency per batch size, dtype, device),
     ``devices`` (utilisation, memory, idle and keep-warm energy and cost) and
-    ``targets`` (keep-warm stretches). An implementation with too little
-    data returns nothing rather than guessing. Savings are per month (USD,
+    ``targets`` (keep-warm stretches). ``config`` holds every declared
+    option, defaults filled in: a plugin reads its own as
+    ``config["section.key"]``. An implementation with too little data
+    returns nothing rather than guessing. Savings are per month (USD,
     kWh, kgCO2e) with a range; the core drops malformed answers and caps a
     saving at the measured cost it states.
     """

@@ -1,6 +1,8 @@
 """What every recommend rule shares, so that a rule module holds only its own judgement.
 
-A rule declares its options (one config section), says which records of the
+A rule declares its options (one config section; the config fills in the
+default of any not set, so ``config["section.key"]`` is the one way to read
+them, and the judge gets them by key), says which records of the
 statistics it judges (a ``Pass``: the models, the devices, ...) and judges
 one record at a time, with the statistics and its options at hand, into an
 ``Advice`` or nothing. ``hooks`` turns that into the rule's two hook
@@ -19,7 +21,6 @@ from typing import Any, Generic, TypeVar
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.recommend.money import Subject, WindowSaving, advice
-from infermeter.recommend.options import setting
 from infermeter.recommend.stats import DeviceStats, ModelStats, Stats
 from infermeter.records import Recommendation, stable_id
 
@@ -98,7 +99,7 @@ def hooks(options: tuple[Option, ...], *passes: Pass[Any]) -> tuple[OptionsHook,
 
     @hookimpl(trylast=True)
     def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
-        opt = {o.key: setting(config, options, o.key) for o in options}
+        opt = {o.key: config[o.name] for o in options}  # declared, so filled: default or set
         return [rec for p in passes for rec in p.run(stats, opt)]
 
     return infermeter_config_options, infermeter_recommend
