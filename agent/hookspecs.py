@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pluggy
 
 if TYPE_CHECKING:
     from infermeter.config import Config, Option
+    from infermeter.recommend.stats import Stats
     from infermeter.records import (
         Device,
         Price,
@@ -278,19 +279,23 @@ def infermeter_price(
 
 
 @hookspec
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
+def infermeter_recommend(stats: Stats, config: Config) -> Sequence[Recommendation]:
     """Return recommendations drawn from measured statistics.
 
     Called by the recommend job (and ``infermeter recommend``) once per host
-    with the statistics of the recommend window, frozen records from
-    ``infermeter.recommend.stats`` under the keys ``host``, ``window`` (t0, t1
-    in UTC seconds), ``prices`` (the PriceCard), ``models`` (per deployment:
+    with ``stats``, the ``infermeter.recommend.stats.Stats`` record of the
+    recommend window: frozen records, typed, that a test can build by hand.
+    It holds ``host``, ``window`` (t0, t1 in UTC seconds, and the factor that
+    scales a window figure to a 30-day month), ``prices`` (energy price,
+    PUE, carbon intensity, the PriceCard), ``models`` (per deployment:
     calls, items, J/item and latency per batch size, dtype, device),
     ``devices`` (utilisation, memory, idle and keep-warm energy and cost) and
-    ``targets`` (keep-warm stretches). An implementation with too little data
-    returns nothing rather than guessing. Savings are per month (USD, kWh,
-    kgCO2e) with a range; the core drops malformed answers and caps a saving
-    at the measured cost it states.
+    ``targets`` (keep-warm stretches). ``config`` holds every declared
+    option, defaults filled in: a plugin reads its own as
+    ``config["section.key"]``. An implementation with too little data
+    returns nothing rather than guessing. Savings are per month (USD,
+    kWh, kgCO2e) with a range; the core drops malformed answers and caps a
+    saving at the measured cost it states.
     """
 
 

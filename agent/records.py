@@ -205,9 +205,14 @@ class Recommendation:
 
     @property
     def stable_id(self) -> str:
-        """Same advice about the same subject keeps its id across runs."""
-        raw = json.dumps([self.kind, self.subject_kind, self.subject])
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+        return stable_id(self.kind, self.subject_kind, self.subject)
+
+
+def stable_id(kind: str, subject_kind: str, subject: str) -> str:
+    """Same advice about the same subject keeps its id across runs (a recommender can
+    name it in its own advice before the Recommendation exists)."""
+    raw = json.dumps([kind, subject_kind, subject])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 # ----- what a flush stores beside the shares (the store writes these) -----

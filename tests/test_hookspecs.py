@@ -28,6 +28,7 @@ from infermeter.config import Config, Option, build_config
 from infermeter.discover.processes import ProcessInfo
 from infermeter.errors import ConfigError
 from infermeter.plugin_manager import make_plugin_manager
+from infermeter.recommend.stats import Stats
 from infermeter.records import (
     Device,
     DeviceKind,
@@ -298,7 +299,7 @@ def test_hook_infermeter_recommend_and_infermeter_apply(tmp_path: Path) -> None:
     (first result wins) carries out what its plugin knows and leaves the rest alone."""
     from infermeter.recommend.run import run as run_recommenders
 
-    seen: list[Mapping[str, Any]] = []
+    seen: list[Stats] = []
     advice = Recommendation(
         kind="mine-restart",
         subject_kind="host",
@@ -312,9 +313,7 @@ def test_hook_infermeter_recommend_and_infermeter_apply(tmp_path: Path) -> None:
 
     class Advice:
         @hookimpl
-        def infermeter_recommend(
-            self, stats: Mapping[str, Any], config: Config
-        ) -> Sequence[Recommendation]:
+        def infermeter_recommend(self, stats: Stats, config: Config) -> Sequence[Recommendation]:
             seen.append(stats)
             return []
 
@@ -333,7 +332,8 @@ def test_hook_infermeter_recommend_and_infermeter_apply(tmp_path: Path) -> None:
     config = build_config(pm.config_options(), {"agent": {"host": "h"}}, environ={})
     run_recommenders(engine, "h", config, pm, None, until=time.time(), now=time.time())
     engine.dispose()
-    assert len(seen) == 1 and {"host", "window", "models", "devices"} <= set(seen[0])
+    (got,) = seen
+    assert isinstance(got, Stats) and got.host == "h"
     call = pm.hook.infermeter_apply
     assert call(recommendation=advice, config=config, dry_run=True) == "would restart"
     assert call(recommendation=advice, config=config, dry_run=False) == "restarted"

@@ -1,4 +1,4 @@
-"""The recommend step's options, and how a recommender reads its own.
+"""The recommend step's options (``[recommend]``; read as ``config["recommend.key"]``).
 
 This is the ``core.recommend`` plugin. Every process that loads plugins
 (the agent, each CLI command, an instrumented application) imports it, so
@@ -9,9 +9,8 @@ statistics builder, is infermeter.recommend.run, imported only where it runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from infermeter.config import Config, Option
+from infermeter.config import Option
 from infermeter.hookspecs import hookimpl
 
 OPTIONS: tuple[Option, ...] = (
@@ -38,15 +37,6 @@ OPTIONS: tuple[Option, ...] = (
         (int, float),
     ),
 )
-
-
-def setting(config: Config, options: Sequence[Option], key: str) -> Any:
-    """A plugin's option from the config, or its default when the config lacks it."""
-    section = options[0].section
-    values = config.section(section)
-    if key in values:
-        return values[key]
-    return next(o.default for o in options if o.key == key)
 
 
 @hookimpl

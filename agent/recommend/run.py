@@ -27,7 +27,6 @@ from sqlalchemy import Engine, func, select
 from infermeter.config import Config
 from infermeter.recommend.build import build_stats
 from infermeter.recommend.money import CONFIDENCES
-from infermeter.recommend.options import OPTIONS, setting
 from infermeter.recommend.stats import Stats
 from infermeter.recommend.stored import upsert
 from infermeter.records import Device, PriceCard, Recommendation
@@ -74,8 +73,8 @@ def _capped(rec: Recommendation) -> Recommendation:
 
 def collect(pm: Any, stats: Stats, config: Config) -> list[Recommendation]:
     """Every recommender's answer for ``stats``, checked, deduplicated and ranked."""
-    raw = pm.collect("infermeter_recommend", stats=stats.as_mapping(), config=config)
-    floor = float(setting(config, OPTIONS, "min_savings_usd_month"))
+    raw = pm.collect("infermeter_recommend", stats=stats, config=config)
+    floor = float(config["recommend.min_savings_usd_month"])
     best: dict[str, Recommendation] = {}
     for rec in raw:
         problem = _well_formed(rec)
@@ -114,8 +113,8 @@ def statistics(
     until: float,
     live_devices: Mapping[str, Device] | None = None,
 ) -> Stats:
-    window_s = float(setting(config, OPTIONS, "window_s"))
-    profile_s = float(setting(config, OPTIONS, "profile_s"))
+    window_s = float(config["recommend.window_s"])
+    profile_s = float(config["recommend.profile_s"])
     return build_stats(
         engine,
         host,

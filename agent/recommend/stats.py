@@ -1,10 +1,9 @@
 """What the recommenders see: plain frozen records built from the store for a window.
 
 A recommender never queries the store. It receives ``infermeter_recommend``'s
-``stats`` mapping, whose keys hold these records (see ``Stats.as_mapping``),
-and reads them through the typed accessors at the bottom, so a third-party
-recommender sees exactly what the built-in ones see and a test can build
-them by hand.
+``stats``, a ``Stats`` record holding the others, and reads their fields as
+they are typed, so a third-party recommender sees exactly what the built-in
+ones see and a test can build them by hand.
 
 Money figures are in the price card's currency and are None when the card
 could not price them (never 0 for "unknown"). Energy is joules over the
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from infermeter.price.pricing import J_PER_KWH
 from infermeter.records import PriceCard
@@ -284,46 +282,3 @@ class Stats:
     models: tuple[ModelStats, ...] = ()
     devices: tuple[DeviceStats, ...] = ()
     targets: tuple[TargetStats, ...] = ()
-
-    def as_mapping(self) -> dict[str, Any]:
-        """What ``infermeter_recommend`` receives (its spec says a Mapping)."""
-        return {
-            "host": self.host,
-            "window": self.window,
-            "prices": self.prices,
-            "models": self.models,
-            "devices": self.devices,
-            "targets": self.targets,
-        }
-
-
-# ----- typed access for recommenders ------------------------------------------
-
-
-def _get(stats: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = stats.get(key)
-    if not isinstance(value, kind):
-        raise TypeError(f"stats[{key!r}] is {type(value).__name__}, not {kind.__name__}")
-    return value
-
-
-def window_of(stats: Mapping[str, Any]) -> Window:
-    result: Window = _get(stats, "window", Window)
-    return result
-
-
-def prices_of(stats: Mapping[str, Any]) -> Prices:
-    result: Prices = _get(stats, "prices", Prices)
-    return result
-
-
-def models_of(stats: Mapping[str, Any]) -> tuple[ModelStats, ...]:
-    return tuple(m for m in stats.get("models", ()) if isinstance(m, ModelStats))
-
-
-def devices_of(stats: Mapping[str, Any]) -> tuple[DeviceStats, ...]:
-    return tuple(d for d in stats.get("devices", ()) if isinstance(d, DeviceStats))
-
-
-def targets_of(stats: Mapping[str, Any]) -> tuple[TargetStats, ...]:
-    return tuple(t for t in stats.get("targets", ()) if isinstance(t, TargetStats))

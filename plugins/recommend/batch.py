@@ -25,21 +25,13 @@ not lower its energy per item is silent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    BatchPoint,
-    ModelStats,
-    models_of,
-    prices_of,
-    window_of,
-)
-from infermeter.records import Recommendation
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks, models
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import BatchPoint, ModelStats, Stats
 
 OPTIONS: tuple[Option, ...] = (
     Option("recommend_batch", "small_batch", 4, "A call of at most this many items is small."),
@@ -142,8 +134,7 @@ def _latency(point: BatchPoint | None) -> dict[str, float | None]:
     return {"p50_ms": rounded(point.p50_ms), "p99_ms": rounded(point.p99_ms)}
 
 
-def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
+def recommend_one(m: ModelStats, stats: Stats, opt: Options) -> Advice | None:
     if m.device.kind != "gpu" or m.calls < int(opt["min_calls"]) or m.cost_usd is None:
         return None
     small = int(opt["small_batch"])
@@ -249,12 +240,10 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
         f"dynamic_batching, TorchServe batch_size/max_batch_delay, Ray Serve @serve.batch, or "
         f"queue requests for a few ms before calling the model){lat_text}."
     )
-    return advice(
+    return Advice(
         "batch",
         Subject("model", m.key, m.device.host, m.cost_usd),
         WindowSaving(energy_j=saved_j),
-        window_of(stats),
-        prices_of(stats),
         confidence,
         reason,
         how,
@@ -262,16 +251,4 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    out = []
-    for m in models_of(stats):
-        rec = recommend_one(m, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(models, recommend_one))

@@ -19,22 +19,10 @@ same joule twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    DeviceStats,
-    TargetStats,
-    devices_of,
-    prices_of,
-    targets_of,
-    window_of,
-)
-from infermeter.records import Recommendation
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import DeviceStats, Stats, TargetStats
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -48,10 +36,20 @@ OPTIONS: tuple[Option, ...] = (
 _REASON = "measured keep-warm draw and cost; assumes the idle stretches recur at the rate seen"
 
 
-def for_target(
-    t: TargetStats, device: DeviceStats, stats: Mapping[str, Any], min_s: float
-) -> Recommendation | None:
-    prices = prices_of(stats)
+def _gpus(stats: Stats) -> dict[str, DeviceStats]:
+    return {d.info.uid: d for d in stats.devices if d.info.kind == "gpu"}
+
+
+def _held(stats: Stats) -> list[tuple[TargetStats, DeviceStats]]:
+    """Each process with the GPU it held."""
+    gpus = _gpus(stats)
+    return [(t, gpus[t.device_uid]) for t in stats.targets if t.device_uid in gpus]
+
+
+def for_target(held: tuple[TargetStats, DeviceStats], stats: Stats, opt: Options) -> Advice | None:
+    t, device = held
+    min_s = float(opt["min_stretch_s"])
+    prices = stats.prices
     stretches = [s for s in t.idle_stretches if s.seconds >= min_s]
     if not stretches or t.cost_usd is None or any(s.cost_usd is None for s in stretches):
         return None
@@ -86,14 +84,12 @@ def for_target(
         f"a socket-activated unit); where several processes each hold a GPU lightly, "
         f"consolidate them onto one device."
     )
-    return advice(
+    return Advice(
         "keep-warm",
         Subject("target", t.key, t.host, t.cost_usd),
         WindowSaving(
             energy_j=energy, other_usd=max(cost - (prices.energy_usd(energy) or 0.0), 0.0)
         ),
-        window_of(stats),
-        prices,
         "medium",
         _REASON,
         how,
@@ -101,8 +97,9 @@ def for_target(
     )
 
 
-def for_device(d: DeviceStats, stats: Mapping[str, Any], min_s: float) -> Recommendation | None:
-    prices = prices_of(stats)
+def for_device(d: DeviceStats, stats: Stats, opt: Options) -> Advice | None:
+    min_s = float(opt["min_stretch_s"])
+    prices = stats.prices
     gaps = [g for g in d.gaps if g.seconds >= min_s]
     if not gaps or d.cost_usd is None or any(g.idle_cost_usd is None for g in gaps):
         return None
@@ -131,14 +128,12 @@ def for_device(d: DeviceStats, stats: Mapping[str, Any], min_s: float) -> Recomm
         f"deployment (and the node) to zero when idle and {release}; the holders' own keep-warm "
         f"draw is in their keep-warm advice."
     )
-    return advice(
+    return Advice(
         "keep-warm",
         Subject(
             "device", f"{d.info.name} {d.info.uid[:12]}@{d.info.host}", d.info.host, d.cost_usd
         ),
         WindowSaving(energy_j=idle_j, other_usd=other),
-        window_of(stats),
-        prices,
         "medium" if rented else "low",
         _REASON if rented else _REASON + "; an owned card's purchase is not saved",
         how,
@@ -146,24 +141,6 @@ def for_device(d: DeviceStats, stats: Mapping[str, Any], min_s: float) -> Recomm
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    min_s = float(setting(config, OPTIONS, "min_stretch_s"))
-    devices = {d.info.uid: d for d in devices_of(stats) if d.info.kind == "gpu"}
-    out = []
-    for t in targets_of(stats):
-        device = devices.get(t.device_uid)
-        if device is not None:
-            rec = for_target(t, device, stats, min_s)
-            if rec is not None:
-                out.append(rec)
-    for d in devices.values():
-        rec = for_device(d, stats, min_s)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(
+    OPTIONS, Pass(_held, for_target), Pass(lambda s: _gpus(s).values(), for_device)
+)

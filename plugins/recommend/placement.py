@@ -31,30 +31,21 @@ The other side is estimated, pessimistically for the move:
   times slower (small ARM cores), as many devices as the rate needs, billed
   at the card's rate and their board power.
 
-Both are sized for the measured item rate at ``HEADROOM`` utilisation.
+Both are sized for the measured item rate at ``HEADROOM`` utilisation; a
+deployment whose rate sizes no fleet (its calls covered next to no time, so
+the rate overflows) gets no advice.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import (
-    DeviceStats,
-    ModelStats,
-    Prices,
-    devices_of,
-    models_of,
-    prices_of,
-    window_of,
-)
-from infermeter.records import Recommendation
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks, models
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import DeviceStats, ModelStats, Prices, Stats
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -141,6 +132,19 @@ def _host_s_per_call(m: ModelStats) -> float:
     return max(p50 / 1000.0 - kernel_s, 0.0)
 
 
+class Unsized(ArithmeticError):
+    """The measured item rate sizes no fleet: calls that covered next to no time
+    (``active_s`` near zero) make it, or the cores and devices it needs, overflow."""
+
+
+def _units(m: ModelStats, s_per_item: float) -> int:
+    """Cores or devices that serve the measured item rate at ``HEADROOM``."""
+    need = m.items / m.active_s * s_per_item / HEADROOM
+    if not math.isfinite(need):
+        raise Unsized(f"{m.key}: {need} units to serve {m.items} items in {m.active_s} s")
+    return max(1, math.ceil(need))
+
+
 def _cpu(
     m: ModelStats,
     flops: float,
@@ -172,7 +176,7 @@ def _cpu(
         return None
     batch = m.items / m.calls if m.calls else 1.0
     s_per_item = flops / (gflops * 1e9) + host_s / batch
-    cores = max(1, math.ceil(m.items / m.active_s * s_per_item / HEADROOM))
+    cores = _units(m, s_per_item)
     cpu = next((d for d in devices if d.info.kind in ("cpu", "cpu-package") and d.info.cores), None)
     watts = GENERIC_CPU_W_PER_CORE
     if cpu is not None and cpu.info.power_limit_w and cpu.info.cores:
@@ -196,16 +200,15 @@ def _edges(
         if m.parameters and rate.memory_gb and m.parameters * 4 > rate.memory_gb * 2**30 / 2:
             continue  # fp32 weights must fit in half the device's memory
         s_per_item = flops / (rate.tflops * 1e12 * efficiency) + host_s * EDGE_HOST_SLOWDOWN / batch
-        units = max(1, math.ceil(m.items / m.active_s * s_per_item / HEADROOM))
+        units = _units(m, s_per_item)
         energy = units * rate.tdp_w * m.active_s
         cost = units * rate.hourly * m.active_s / 3600 + (prices.energy_usd(energy) or 0.0)
         out.append(Place(rate.label, cost, energy, units, s_per_item))
     return out
 
 
-def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
-    prices = prices_of(stats)
+def recommend_one(m: ModelStats, stats: Stats, opt: Options) -> Advice | None:
+    prices = stats.prices
     if m.device.kind != "gpu" or m.calls < int(opt["min_calls"]) or m.items <= 0:
         return None
     if m.loaded_cost_usd is None or m.loaded_cost_usd <= 0 or m.busy_fraction is None:
@@ -221,18 +224,13 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
     if flops > float(opt["max_gflops_per_item"]) * 1e9:
         return None
     host_s = _host_s_per_call(m)
-    cpu = _cpu(
-        m,
-        flops,
-        host_s,
-        devices_of(stats),
-        models_of(stats),
-        prices,
-        float(opt["cpu_gflops_per_core"]),
-    )
-    places = [
-        p for p in (cpu, *_edges(m, flops, host_s, prices, float(opt["edge_efficiency"]))) if p
-    ]
+    gflops, efficiency = float(opt["cpu_gflops_per_core"]), float(opt["edge_efficiency"])
+    try:
+        cpu = _cpu(m, flops, host_s, stats.devices, stats.models, prices, gflops)
+        edges = _edges(m, flops, host_s, prices, efficiency)
+    except Unsized:
+        return None  # no fleet to compare the GPU with
+    places = [p for p in (cpu, *edges) if p]
     if not places:
         return None
     best = min(places, key=lambda p: p.cost_usd)
@@ -282,12 +280,10 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
         f"the measured {evidence['items_per_s_while_running']} items/s, then release the GPU "
         f"(or give it to a model that needs it)."
     )
-    return advice(
+    return Advice(
         "move-to-cpu",
         Subject("model", m.key, m.device.host, gpu_cost),
         WindowSaving(energy_j=energy_saved, other_usd=other),
-        window_of(stats),
-        prices,
         confidence,
         reason,
         how,
@@ -295,16 +291,4 @@ def recommend_one(m: ModelStats, stats: Mapping[str, Any], config: Config) -> Re
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    out = []
-    for m in models_of(stats):
-        rec = recommend_one(m, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(models, recommend_one))

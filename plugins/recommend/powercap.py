@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from infermeter import hookimpl
 from infermeter.config import Config, Option
 from infermeter.errors import InfermeterError
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import DeviceSample, DeviceStats, devices_of, prices_of, window_of
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, devices, hooks
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import DeviceSample, DeviceStats, Stats
 from infermeter.records import Recommendation
 
 OPTIONS: tuple[Option, ...] = (
@@ -109,10 +109,7 @@ def effect(
     return worst, saved
 
 
-def recommend_one(
-    d: DeviceStats, stats: Mapping[str, Any], config: Config
-) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
+def recommend_one(d: DeviceStats, stats: Stats, opt: Options) -> Advice | None:
     info = d.info
     if info.kind != "gpu" or d.cost_usd is None or not info.power_limit_w:
         return None
@@ -159,12 +156,10 @@ def recommend_one(
         "peak_window_power_w": rounded(max(s.power_w for s in known)),
         "model": "dynamic power ~ f^3: busy time x (P/cap)^(1/3), energy x (cap/P)^(2/3)",
     }
-    rec = advice(
+    advice = Advice(
         "power-cap",
         Subject("device", f"{info.name} {info.uid[:12]}@{info.host}", info.host, d.cost_usd),
         WindowSaving(energy_j=saved_j),
-        window_of(stats),
-        prices_of(stats),
         "low",
         "modelled from window power and utilisation, not measured under a cap; "
         "check throughput after setting it",
@@ -172,26 +167,14 @@ def recommend_one(
         evidence,
     )
     how = (
-        f"Run `infermeter apply {rec.stable_id} --yes` on {info.host} (sets {cap:g} W through "
+        f"Run `infermeter apply {advice.stable_id} --yes` on {info.host} (sets {cap:g} W through "
         f"NVML; needs root), or `nvidia-smi -i {info.uid} -pl {cap:g}`. Revert with "
         f"`nvidia-smi -i {info.uid} -pl {limit:g}`; a limit set this way lasts until reboot."
     )
-    return replace(rec, how_to_apply=how)
+    return replace(advice, how_to_apply=how)
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    out = []
-    for d in devices_of(stats):
-        rec = recommend_one(d, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(devices, recommend_one))
 
 
 # ----- applying it ------------------------------------------------------------

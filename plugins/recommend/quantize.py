@@ -22,15 +22,13 @@ Estimate, best evidence first:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import ModelStats, models_of, prices_of, window_of
-from infermeter.records import Recommendation
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks, models
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import ModelStats, Stats
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -99,10 +97,7 @@ def measured_ratio(
     return None
 
 
-def recommend_one(
-    m: ModelStats, models: Sequence[ModelStats], stats: Mapping[str, Any], config: Config
-) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
+def recommend_one(m: ModelStats, stats: Stats, opt: Options) -> Advice | None:
     if m.device.kind != "gpu" or m.dtype != "fp32" or m.cost_usd is None:
         return None
     if m.calls < int(opt["min_calls"]):
@@ -134,7 +129,7 @@ def recommend_one(
         "power_fraction_of_limit": rounded(power_fraction),
         "profile": "compute-bound" if compute_bound else "launch- or memory-bound",
     }
-    found = measured_ratio(m, models)
+    found = measured_ratio(m, stats.models)
     if found is not None:
         ratio, other, shared = found
         if ratio >= 1.0:
@@ -177,12 +172,10 @@ def recommend_one(
             f"the call, or model.to({torch_dtype}); check accuracy on a validation set before "
             "switching."
         )
-    return advice(
+    return Advice(
         "quantize",
         Subject("model", m.key, m.device.host, m.cost_usd),
         saving,
-        window_of(stats),
-        prices_of(stats),
         confidence,
         reason,
         how,
@@ -190,17 +183,4 @@ def recommend_one(
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    models = models_of(stats)
-    out = []
-    for m in models:
-        rec = recommend_one(m, models, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(models, recommend_one))

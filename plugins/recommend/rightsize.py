@@ -23,15 +23,11 @@ evidence. Needs the device's own card entry (to compare speeds) and rate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from infermeter import hookimpl
-from infermeter.config import Config, Option
-from infermeter.recommend.money import Subject, WindowSaving, advice, rounded
-from infermeter.recommend.options import setting
-from infermeter.recommend.stats import DeviceStats, devices_of, prices_of, window_of
-from infermeter.records import DeviceRate, Recommendation
+from infermeter.config import Option
+from infermeter.plugins.recommend._rule import Advice, Options, Pass, devices, hooks
+from infermeter.recommend.money import Subject, WindowSaving, rounded
+from infermeter.recommend.stats import DeviceStats, Stats
+from infermeter.records import DeviceRate
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -67,11 +63,8 @@ def _complete(rate: DeviceRate | None) -> bool:
     return bool(rate and rate.memory_gb and rate.tflops and rate.memory_bw_gbps and not rate.edge)
 
 
-def recommend_one(
-    d: DeviceStats, stats: Mapping[str, Any], config: Config
-) -> Recommendation | None:
-    opt = {o.key: setting(config, OPTIONS, o.key) for o in OPTIONS}
-    prices = prices_of(stats)
+def recommend_one(d: DeviceStats, stats: Stats, opt: Options) -> Advice | None:
+    prices = stats.prices
     card = prices.card
     info = d.info
     if info.kind != "gpu" or card is None or d.cost_usd is None or info.hourly_usd is None:
@@ -128,12 +121,10 @@ def recommend_one(
         f"{peak / 2**30:.1f} GiB fits with headroom, and its p{quantile} "
         f"utilisation would be at most {after:.0%} on it."
     )
-    return advice(
+    return Advice(
         "right-size",
         Subject("device", f"{info.name} {info.uid[:12]}@{info.host}", info.host, d.cost_usd),
         saving,
-        window_of(stats),
-        prices,
         "medium",
         "measured memory and utilisation against datasheet speeds (bounded by the weaker one)",
         how,
@@ -141,16 +132,4 @@ def recommend_one(
     )
 
 
-@hookimpl
-def infermeter_config_options() -> Sequence[Option]:
-    return OPTIONS
-
-
-@hookimpl(trylast=True)
-def infermeter_recommend(stats: Mapping[str, Any], config: Config) -> Sequence[Recommendation]:
-    out = []
-    for d in devices_of(stats):
-        rec = recommend_one(d, stats, config)
-        if rec is not None:
-            out.append(rec)
-    return out
+infermeter_config_options, infermeter_recommend = hooks(OPTIONS, Pass(devices, recommend_one))

@@ -179,7 +179,7 @@ def test_savings_never_negative_nor_above_the_subjects_cost(
     seconds: float,
 ) -> None:
     s = Stats("h", Window(0.0, seconds), PRICES, tuple(models), tuple(devs), tuple(tgts))
-    raw: list[Any] = PM.collect("infermeter_recommend", stats=s.as_mapping(), config=CONFIG)
+    raw: list[Any] = PM.collect("infermeter_recommend", stats=s, config=CONFIG)
     for rec in [*raw, *collect(PM, s, CONFIG)]:
         sv = rec.savings
         cap = measured_cost(rec, s) * s.window.month_factor

@@ -130,11 +130,11 @@ def stats(
     targets: Sequence[TargetStats] = (),
     window: Window = WINDOW,
     prices: Prices = PRICES,
-) -> dict[str, Any]:
-    return Stats("h", window, prices, tuple(models), tuple(devices), tuple(targets)).as_mapping()
+) -> Stats:
+    return Stats("h", window, prices, tuple(models), tuple(devices), tuple(targets))
 
 
-def run(plugin: Any, s: Mapping[str, Any], cfg: Config = CONFIG) -> list[Recommendation]:
+def run(plugin: Any, s: Stats, cfg: Config = CONFIG) -> list[Recommendation]:
     return list(plugin.infermeter_recommend(stats=s, config=cfg))
 
 

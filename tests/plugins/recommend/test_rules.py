@@ -188,6 +188,22 @@ def test_placement_is_silent(changes: dict[str, Any], why: str) -> None:
     assert run(recommend_placement, stats([tiny(**changes)], window=Window(0, 5))) == [], why
 
 
+@pytest.mark.parametrize("active_s", [5e-324, 1e-310])
+def test_placement_is_silent_on_a_model_whose_item_rate_overflows(active_s: float) -> None:
+    """Calls that covered next to no time make items per second infinite: that model gets
+    no advice, and the others on the host still get theirs."""
+    other = tiny(model="mlp-2")
+    s = stats([tiny(active_s=active_s), other], window=Window(0, 5))
+    assert [r.subject for r in run(recommend_placement, s)] == [other.key]
+
+
+def test_placement_is_silent_when_the_fleet_it_would_size_overflows() -> None:
+    """A fleet too large to count (absurdly slow cores and edge devices): no advice."""
+    slow = {"cpu_gflops_per_core": 1e-305, "edge_efficiency": 1e-305}
+    s = stats([tiny()], window=Window(0, 5))
+    assert run(recommend_placement, s, config(recommend_placement=slow)) == []
+
+
 def test_placement_prefers_a_measured_cpu_deployment_of_similar_size() -> None:
     on_cpu = model(
         model="mlp-cpu",
