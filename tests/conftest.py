@@ -7,6 +7,7 @@ Builders and helpers that are not fixtures live in tests/support/.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from support import TESTS
 from support.pg import fresh_database
+from support.replayed import ENCODER, SERVING, ReplayedStores, replayed_stores
 
 
 @pytest.fixture
@@ -38,9 +40,59 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def template_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplayedStores]:
+    """The recordings replayed once per session; each test takes a copy."""
+    with replayed_stores(tmp_path_factory.mktemp("replayed")) as stores:
+        yield stores
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def serving_db_url(
+    request: pytest.FixtureRequest, template_stores: ReplayedStores, tmp_path: Path
+) -> Iterator[str]:
+    """A store of its own holding h100-serving replayed, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield template_stores.sqlite(tmp_path / "infermeter.db")
+        return
+    with template_stores.postgresql() as url:
+        yield url
+
+
+@pytest.fixture
+def serving_sqlite_url(template_stores: ReplayedStores, tmp_path: Path) -> str:
+    return template_stores.sqlite(tmp_path / "infermeter.db")
+
+
+@pytest.fixture
+def serving_pg_url(template_stores: ReplayedStores) -> Iterator[str]:
+    with template_stores.postgresql() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def recordings_db_url(
+    request: pytest.FixtureRequest, template_stores: ReplayedStores, tmp_path: Path
+) -> Iterator[str]:
+    """A store of its own holding both H100 recordings replayed."""
+    if request.param == "sqlite":
+        yield template_stores.sqlite(tmp_path / "infermeter.db", (SERVING, ENCODER))
+        return
+    with template_stores.postgresql((SERVING, ENCODER)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def synthetic_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/support/plugin_pkg installed by pip into a folder, as a user's plugin would be."""
     target = tmp_path_factory.mktemp("site")
+    # Built from a copy: pip writes build/ beside the sources, and two test
+    # processes (pytest -n) building in one folder would trip over each other.
+    source = tmp_path_factory.mktemp("plugin-src") / "plugin_pkg"
+    shutil.copytree(
+        TESTS / "support" / "plugin_pkg",
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info"),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -52,7 +104,7 @@ def synthetic_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(TESTS / "support" / "plugin_pkg"),
+            str(source),
         ],
         check=True,
         capture_output=True,

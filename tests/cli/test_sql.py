@@ -19,14 +19,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
-from support import FIXTURES, infermeter_cmd
+from support import infermeter_cmd
 from support.pg_reader import reader_role, sql_config
 
 from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.engine import open_engine, sqlite_path
 from infermeter.store.readonly import ONE_STATEMENT_MESSAGE, READ_ONLY_MESSAGE
-
-SERVING = FIXTURES / "h100-serving"
 
 
 def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -43,9 +41,8 @@ def use_reader(env: dict[str, str], url: str, role: str, config: Path) -> None:
 
 
 @pytest.fixture
-def store(db_url: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    r = im(cli_env, "--db", db_url, "replay", "--no-progress", str(SERVING))
-    assert r.returncode == 0, r.stderr
+def store(serving_db_url: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    db_url = serving_db_url
     if not db_url.startswith("postgresql"):
         yield db_url
         return
@@ -148,10 +145,9 @@ def test_writes_are_refused_and_change_nothing(store: str, cli_env: dict[str, st
 
 
 def test_postgresql_data_modifying_cte_is_refused(
-    pg_url: str, cli_env: dict[str, str], tmp_path: Path
+    serving_pg_url: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    r = im(cli_env, "--db", pg_url, "replay", "--no-progress", str(SERVING))
-    assert r.returncode == 0, r.stderr
+    pg_url = serving_pg_url
     with reader_role(pg_url) as role:
         use_reader(cli_env, pg_url, role, tmp_path / "reader.toml")
         before = snapshot(pg_url)
@@ -163,10 +159,9 @@ def test_postgresql_data_modifying_cte_is_refused(
 
 
 def test_sqlite_attach_and_vacuum_into_write_no_file(
-    sqlite_url: str, cli_env: dict[str, str], tmp_path: Path
+    serving_sqlite_url: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    r = im(cli_env, "--db", sqlite_url, "replay", "--no-progress", str(SERVING))
-    assert r.returncode == 0, r.stderr
+    sqlite_url = serving_sqlite_url
     for statement in (
         f"ATTACH '{tmp_path / 'attached.db'}' AS other",
         f"VACUUM INTO '{tmp_path / 'copy.db'}'",
@@ -211,10 +206,9 @@ HOSTILE = "\x1b[2Jevil\u202e[bold red]x[/bold red]"
 
 
 def test_table_shows_stored_labels_escaped_csv_and_json_keep_them(
-    sqlite_url: str, cli_env: dict[str, str]
+    serving_sqlite_url: str, cli_env: dict[str, str]
 ) -> None:
-    r = im(cli_env, "--db", sqlite_url, "replay", "--no-progress", str(SERVING))
-    assert r.returncode == 0, r.stderr
+    sqlite_url = serving_sqlite_url
     path = sqlite_path(sqlite_url)
     assert path is not None
     with sqlite3.connect(path) as conn:  # the label as the agent would have stored it

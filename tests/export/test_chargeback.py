@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 from support import ROOT
-from support.chargeback_data import fill, fingerprint, normalise, pg_database, sort_key
+from support.chargeback_data import fill, fingerprint, normalise, sort_key
+from support.pg import fresh_database
 
 from infermeter.export.chargeback import VIEW_NAMES, VIEWS_0002
 from infermeter.store import migrate
@@ -31,7 +32,7 @@ EXAMPLES = sorted(SQL_DIR.glob("*.sql"))
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     sqlite = f"sqlite:///{tmp_path_factory.mktemp('chargeback') / 'cb.db'}"
-    with pg_database() as pg:
+    with fresh_database() as pg:
         fill(sqlite)
         fill(pg)
         yield {"sqlite": sqlite, "postgresql": pg}

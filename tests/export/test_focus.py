@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from support import infermeter_cmd
-from support.chargeback_data import fill, pg_database
+from support.chargeback_data import fill
+from support.pg import fresh_database
 
 from infermeter.errors import InfermeterError
 from infermeter.export import focus
@@ -89,7 +90,7 @@ DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     sqlite = f"sqlite:///{tmp_path_factory.mktemp('focus') / 'focus.db'}"
-    with pg_database() as pg:
+    with fresh_database() as pg:
         fill(sqlite)
         fill(pg)
         yield {"sqlite": sqlite, "postgresql": pg}

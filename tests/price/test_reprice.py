@@ -16,8 +16,6 @@ from infermeter.plugin_manager import make_plugin_manager
 from infermeter.price.pricing import card_from_config
 from infermeter.price.reprice import reprice
 from infermeter.records import Price
-from infermeter.sidecar.replay import replay
-from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store
 
@@ -43,20 +41,6 @@ def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*infermeter_cmd(), *args], env=env, capture_output=True, text=True, timeout=120
     )
-
-
-def replayed(url: str) -> Engine:
-    """The serving recording replayed with the example card (0.13 per kWh, H100 3.0 an hour)."""
-    engine = open_engine(url)
-    migrate.upgrade(engine)
-    pm = make_plugin_manager()
-    replay(
-        SERVING,
-        build_config(pm.config_options(), {}, environ={}),
-        pm,
-        Store(engine, "h100-serving"),
-    )
-    return engine
 
 
 def rows(engine: Engine, sql: str) -> dict[int, Any]:
@@ -88,8 +72,11 @@ def totals(engine: Engine, table: str) -> tuple[float, float, float]:
     return float(r[0]), float(r[1]), float(r[2])
 
 
-def test_reprice_with_a_new_card(db_url: str, cli_env: dict[str, str], tmp_path: Path) -> None:
-    engine = replayed(db_url)
+def test_reprice_with_a_new_card(
+    serving_db_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    db_url = serving_db_url  # h100-serving replayed with the example card
+    engine = open_engine(db_url)
     shares_before = rows(engine, SHARES)
     calls_before = rows(engine, CALLS)
     hourly_before = totals(engine, "usage_hourly")
@@ -146,9 +133,10 @@ def test_reprice_with_a_new_card(db_url: str, cli_env: dict[str, str], tmp_path:
 
 
 def test_a_card_changed_under_its_version_is_refused(
-    db_url: str, cli_env: dict[str, str], tmp_path: Path
+    serving_db_url: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    engine = replayed(db_url)
+    db_url = serving_db_url  # h100-serving replayed with the example card
+    engine = open_engine(db_url)
     before = (rows(engine, SHARES), rows(engine, CALLS), totals(engine, "usage_hourly"))
     config = tmp_path / "same-version.toml"
     config.write_text('[prices]\nversion = "example-2026-11"\nelectricity_per_kwh = 0.5\n')
@@ -174,8 +162,9 @@ def test_bad_since_is_one_line(sqlite_url: str, cli_env: dict[str, str]) -> None
     )
 
 
-def test_since_leaves_earlier_rows_alone(sqlite_url: str) -> None:
-    engine = replayed(sqlite_url)
+def test_since_leaves_earlier_rows_alone(serving_sqlite_url: str) -> None:
+    sqlite_url = serving_sqlite_url  # h100-serving replayed with the example card
+    engine = open_engine(sqlite_url)
     shares_before = rows(engine, SHARES)
     calls_before = rows(engine, CALLS)
     times = sorted(r[5] for r in shares_before.values())
@@ -208,8 +197,9 @@ class FlatPrices:
         return Price(1.0, 2.0, 3.0)
 
 
-def test_pricing_plugins_win_as_at_flush(db_url: str) -> None:
-    engine = replayed(db_url)
+def test_pricing_plugins_win_as_at_flush(serving_db_url: str) -> None:
+    db_url = serving_db_url  # h100-serving replayed with the example card
+    engine = open_engine(db_url)
     pm = make_plugin_manager()
     pm.register(FlatPrices(), name="flat-prices")
     card = card_from_config(build_config(pm.config_options(), V2, environ={}))
@@ -225,8 +215,9 @@ def test_pricing_plugins_win_as_at_flush(db_url: str) -> None:
     engine.dispose()
 
 
-def test_an_hour_with_pruned_shares_keeps_its_rollup(sqlite_url: str) -> None:
-    engine = replayed(sqlite_url)
+def test_an_hour_with_pruned_shares_keeps_its_rollup(serving_sqlite_url: str) -> None:
+    sqlite_url = serving_sqlite_url  # h100-serving replayed with the example card
+    engine = open_engine(sqlite_url)
     with engine.connect() as conn:
         first, last = conn.execute(text("SELECT MIN(t1), MAX(t1) FROM usage_shares")).one()
     hourly_before = totals(engine, "usage_hourly")

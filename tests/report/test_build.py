@@ -25,6 +25,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy import delete, func, insert, select, text
 from support import FIXTURES, ROOT, infermeter_cmd, synthetic_store
+from support.replayed import ReplayedStores
 
 from infermeter.cli.report import render, sig
 from infermeter.config import build_config
@@ -59,27 +60,23 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
-def replayed(db_url: str, cli_env: dict[str, str]) -> str:
-    """Both H100 recordings replayed, with the example card, into a fresh store."""
-    for trace in (SERVING, ENCODER):
-        done = run_cli(cli_env, "--db", db_url, "replay", "--no-progress", str(trace))
-        assert done.returncode == 0, done.stderr
-    return db_url
+def replayed(recordings_db_url: str) -> str:
+    """Both H100 recordings replayed, with the example card, into a store of its own."""
+    return recordings_db_url
 
 
 @pytest.fixture(scope="module")
 def replayed_sqlite(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_plugin_path: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    synthetic_plugin_path: Path,
+    template_stores: ReplayedStores,
 ) -> tuple[str, dict[str, str]]:
     """One replayed SQLite store shared by the tests that only read it through the CLI."""
     home = tmp_path_factory.mktemp("replayed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
     env.update(PYTHONPATH=str(synthetic_plugin_path), HOME=str(home))
     env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"))
-    url = f"sqlite:///{home / 'store.db'}"
-    for trace in (SERVING, ENCODER):
-        done = run_cli(env, "--db", url, "replay", "--no-progress", str(trace))
-        assert done.returncode == 0, done.stderr
+    url = template_stores.sqlite(home / "store.db", (SERVING, ENCODER))
     return url, env
 
 

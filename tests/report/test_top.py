@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import infermeter_cmd
+from support.replayed import ReplayedStores
 from support.terminal import Screen
 
 from infermeter.report.top import open_readonly, recent_requests_query, recent_usage_query, snapshot
@@ -27,20 +28,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("top")
-    url = f"sqlite:///{folder / 'store.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
-    env.update(HOME=str(folder), XDG_CONFIG_HOME=str(folder / "c"), XDG_DATA_HOME=str(folder / "d"))
-    done = subprocess.run(
-        [*infermeter_cmd(), "--db", url, "replay", "--no-progress", str(FIXTURES / "h100-serving")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return url
+def store(tmp_path_factory: pytest.TempPathFactory, template_stores: ReplayedStores) -> str:
+    """h100-serving replayed, shared by the tests that only read it."""
+    return template_stores.sqlite(tmp_path_factory.mktemp("top") / "store.db")
 
 
 def shows_the_store(text: str) -> bool:

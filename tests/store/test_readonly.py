@@ -29,9 +29,9 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from support import FIXTURES, infermeter_cmd
-from support.chargeback_data import pg_database
+from support import infermeter_cmd
 from support.pg_reader import drop_roles, reader_role, sql_config, unique_role
+from support.replayed import ReplayedStores
 
 from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.readonly import (
@@ -41,7 +41,6 @@ from infermeter.store.readonly import (
     reader_conninfo,
 )
 
-SERVING = FIXTURES / "h100-serving"
 TIMEOUT_LINE = (
     "infermeter: error: query stopped after {s} s: it ran past the timeout "
     "(sql.timeout_s, --timeout)"
@@ -110,12 +109,12 @@ class PgStore:
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgStore]:
+def pg(
+    tmp_path_factory: pytest.TempPathFactory, template_stores: ReplayedStores
+) -> Iterator[PgStore]:
     home = tmp_path_factory.mktemp("sql-pg")
     env = isolated_env(home)
-    with pg_database() as url, reader_role(url) as role:
-        r = im(env, "--db", url, "replay", "--no-progress", str(SERVING))
-        assert r.returncode == 0, r.stderr
+    with template_stores.postgresql() as url, reader_role(url) as role:
         config = sql_config(home / "reader.toml", role)
         r = im(env, "--config", str(config), "--db", url, "db", "grant-reader")
         assert r.returncode == 0, r.stderr
@@ -362,12 +361,13 @@ def test_the_owners_password_never_goes_to_the_reader() -> None:
 
 
 @pytest.fixture(scope="module")
-def lite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def lite(
+    tmp_path_factory: pytest.TempPathFactory, template_stores: ReplayedStores
+) -> tuple[Path, dict[str, str]]:
     home = tmp_path_factory.mktemp("sql-lite")
     env = isolated_env(home)
     db = home / "store.db"
-    r = im(env, "--db", f"sqlite:///{db}", "replay", "--no-progress", str(SERVING))
-    assert r.returncode == 0, r.stderr
+    template_stores.sqlite(db)
     return db, env
 
 
