@@ -4,6 +4,10 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
+# Test processes (pytest-xdist); each test file runs whole in one of them,
+# so a module's shared store is built once. JOBS=0 runs in this process.
+JOBS   ?= 2
+XDIST   = -n $(JOBS) --dist loadfile
 
 .PHONY: run test test-fast lint setup setup-test dev clean
 
@@ -36,12 +40,12 @@ run: setup
 
 # Set up and run the whole test suite (PostgreSQL tests skip when no server answers).
 test: setup-test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 # The suite without the tests marked slow (real agents, applications and
 # runtimes as subprocesses): a quick check while working. `make test` runs all.
 test-fast: setup-test
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-test
 	$(BIN)/ruff check .

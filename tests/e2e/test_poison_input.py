@@ -106,7 +106,7 @@ class Agent:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=60)
         self._err.close()
 
 

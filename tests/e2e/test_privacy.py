@@ -199,7 +199,7 @@ def test_run_keeps_a_private_store_without_the_secrets(
         assert secrets_in(db, wal) == []
     finally:
         agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=30)
+        _, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
     assert secrets_in(db, folder / "infermeter.db-wal") == []
     assert mode(db) == 0o600

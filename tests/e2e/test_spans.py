@@ -119,7 +119,7 @@ def test_three_runtimes_reach_the_store(tmp_path: Path, cli_env: dict[str, str])
         time.sleep(1.0)
     finally:
         agent.send_signal(signal.SIGTERM)
-        _, agent_err = agent.communicate(timeout=20)
+        _, agent_err = agent.communicate(timeout=60)
     assert agent.returncode == 0, agent_err
 
     with sqlite3.connect(db) as conn:
@@ -223,6 +223,6 @@ def test_agent_away_100k_calls_then_the_agent_hears_of_100k_drops(
         assert app.returncode == 0, app_err
     finally:
         agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=20)
+        _, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
     assert f"by sender pid: {{{app.pid}: 100000}}" in err, err

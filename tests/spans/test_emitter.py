@@ -40,7 +40,7 @@ def emitter(path: str) -> Iterator[Emitter]:
     e.close()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -92,7 +92,7 @@ def test_agent_away_100k_calls_complete_and_the_agent_learns_exactly_100k(path: 
     try:
         for i in range(100_000):
             emitter.emit(Span(pid=os.getpid(), model="resnet", t0=float(i), t1=float(i) + 0.5))
-        assert emitter.flush(timeout=5.0)
+        assert emitter.flush(timeout=60.0)
         stats = emitter.stats()
         assert (stats.sent, stats.dropped, stats.unreported) == (0, 100_000, 100_000)
         receiver = SocketReceiver(path)  # the agent comes back
@@ -100,7 +100,8 @@ def test_agent_away_100k_calls_complete_and_the_agent_learns_exactly_100k(path: 
             assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 100_000})
             assert receiver.dropped() == 100_000
             assert receiver.drain() == []
-            assert emitter.stats().unreported == 0
+            # The sender settles its count just after the datagram leaves.
+            assert wait_for(lambda: emitter.stats().unreported == 0)
         finally:
             receiver.close()
     finally:
@@ -115,7 +116,7 @@ def test_a_full_socket_never_blocks_and_every_span_is_sent_or_counted(path: str)
         for i in range(200_000):
             emitter.emit(Span(pid=1, model=f"m{i % 7}", t0=1.0, t1=2.0))
         # A pass gives up on a socket that stays full: flush returns, and says so.
-        assert emitter.flush(timeout=5.0)
+        assert emitter.flush(timeout=60.0)
         stats = emitter.stats()
         assert stats.by_reason.get("socket_full", 0) > 0
         assert stats.sent > 0
