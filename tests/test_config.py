@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import ROOT, infermeter_cmd
 
-from infermeter.config import CORE_OPTIONS, Option, build_config, load_config
+from infermeter.config import CORE_OPTIONS, Option, above, at_least, build_config, load_config
 from infermeter.errors import ConfigError
 
 
@@ -75,6 +77,27 @@ def test_plugin_options_are_declared_and_typed() -> None:
     assert cfg.section("gpu") == {"poll_s": 1.0}
     with pytest.raises(ConfigError, match=r"gpu\.poll_s"):
         build_config(opts, {"gpu": {"poll_s": [1]}}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("check", "good", "bad", "message"),
+    [
+        (above(0), [1e-9, 5, 2.5], [0, -1.0], "must be > 0, not "),
+        (above(0, 1), [0.5, 1, 1.0], [0.0, 1.5], "must be "),
+        (at_least(1), [1, 7], [0, -3], "must be >= 1, not "),
+    ],
+)
+def test_bounds_are_checked_when_the_config_is_read(
+    check: Callable[[Any], str | None], good: list[float], bad: list[float], message: str
+) -> None:
+    opts = [*CORE_OPTIONS, Option("mine", "rate", 1.0, "A rate.", check=check)]
+    for value in good:
+        assert build_config(opts, {"mine": {"rate": value}}, environ={})["mine.rate"] == value
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            build_config(opts, {"mine": {"rate": value}}, environ={})
+        assert "`mine.rate`" in str(e.value) and message in str(e.value), value
+        assert repr(value) in str(e.value), "the error shows the value it refused"
 
 
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
