@@ -57,6 +57,33 @@ class Option:
         return isinstance(value, expected)
 
 
+def above(low: float, high: float | None = None) -> Callable[[Any], str | None]:
+    """An Option ``check``: the value must be > ``low`` (and <= ``high`` when given).
+
+    For a number the code divides by or scales with, where 0 would fail later
+    and far from the config (a ZeroDivisionError in a recommender): the bad
+    value is one error naming its key when the config is read.
+    """
+
+    def check(value: Any) -> str | None:
+        if value <= low:
+            return f"must be > {low}, not {value!r}"
+        if high is not None and value > high:
+            return f"must be <= {high}, not {value!r}"
+        return None
+
+    return check
+
+
+def at_least(low: float) -> Callable[[Any], str | None]:
+    """An Option ``check``: the value must be >= ``low`` (a count, a queue length)."""
+
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be >= {low}, not {value!r}"
+
+    return check
+
+
 CORE_OPTIONS: tuple[Option, ...] = (
     Option("agent", "host", "", "Host name stored with every row; empty: this machine's name."),
     Option("agent", "tick_s", 1.0, "Seconds between ticks (discover, read meters, attribute)."),

@@ -177,7 +177,11 @@ def infermeter_config_options() -> Sequence[Option]:
     Called once when the plugins are loaded, before the config file is read.
     A key that no plugin and not the core declares is an error in the file,
     so a typo never passes silently. Options live under the plugin's own
-    ``[section]``.
+    ``[section]``. The config holds every declared key (its default when
+    not set), so a hook reads one as ``config["section.key"]``, with no
+    default of its own; an Option's ``check`` (``config.above(0)``,
+    ``config.at_least(1)``) turns a value out of range into one error naming
+    the key when the config is read (exit code 2 on the command line).
     """
 
 

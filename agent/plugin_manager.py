@@ -8,7 +8,10 @@ exactly like third-party ones.
 ``collect`` calls the implementations of a hook one at a time, not through
 pluggy: a plugin that raises is logged and skipped while the others' results
 still come back, and each call is timed, so one that is slow is named
-(Telegraf's "collection took longer than expected") and counted.
+(Telegraf's "collection took longer than expected") and counted. The loop
+itself is ``call_each``, which the SDK's ``instrument()`` uses too: it never
+raises for a plugin, and the caller decides what a failure or a slow call
+is worth saying.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import Distribution, EntryPoint, entry_points
 from typing import Any
@@ -52,6 +55,40 @@ class PluginInfo:
 class LoadFailure:
     name: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class HookCall:
+    """What one plugin's implementation of a hook gave: its result, or the error it raised."""
+
+    plugin: str
+    result: Any  # None when it raised
+    error: Exception | None
+    seconds: float  # time.perf_counter time the call took
+
+
+def call_each(caller: pluggy.HookCaller, kwargs: Mapping[str, Any]) -> Iterator[HookCall]:
+    """Call each implementation of a hook on its own, in pluggy's order, guarded.
+
+    Wrapper implementations (``@hookimpl(wrapper=True)``, ``hookwrapper=True``)
+    are skipped: they time or observe, they provide nothing. Each
+    implementation is passed the arguments it names from ``kwargs``. An
+    ``Exception`` it raises is caught and handed back in ``HookCall.error``,
+    so the next plugin is still called: what to log, and how loudly, is the
+    caller's (the agent names the plugin at error level, an instrumented
+    application only warns).
+    """
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        result: Any = None
+        error: Exception | None = None
+        start = time.perf_counter()
+        try:
+            result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+        except Exception as e:  # a broken plugin must not stop the others
+            error = e
+        yield HookCall(impl.plugin_name, result, error, time.perf_counter() - start)
 
 
 class PluginManager(pluggy.PluginManager):
@@ -127,17 +164,11 @@ class PluginManager(pluggy.PluginManager):
         for each (plugin, hook).
         """
         out: list[Any] = []
-        caller = getattr(self.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue  # wrappers time or observe; they are not providers
-            start = time.perf_counter()
-            try:
-                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception:
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-                result = None
-            self._timed(impl.plugin_name, hook_name, time.perf_counter() - start)
+        for call in call_each(getattr(self.hook, hook_name), kwargs):
+            if call.error is not None:
+                log.error("plugin %s failed in %s", call.plugin, hook_name, exc_info=call.error)
+            self._timed(call.plugin, hook_name, call.seconds)
+            result = call.result
             if result is None:
                 continue
             if flatten and isinstance(result, Sequence) and not isinstance(result, (str, bytes)):

@@ -124,11 +124,11 @@ class _State:
         self.denied_logged = False
 
     def rules_for(self, config: Config) -> tuple[Rule, ...]:
-        raw = config.values.get("discovery.rules", [])
+        raw = config["discovery.rules"]
         if raw is self.rules_src:
             return self.rules
         rules = []
-        for i, item in enumerate(raw or []):
+        for i, item in enumerate(raw):
             try:
                 rules.append(parse_rule(item, f"discovery.rules[{i}]"))
             except ValueError as e:  # a bad rule is loud, the good ones still work

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from infermeter import hookimpl
-from infermeter.config import Config, Option
+from infermeter.config import Config, Option, at_least
 from infermeter.errors import InfermeterError
 from infermeter.hookspecs import SpanSource
 from infermeter.spans.receiver import DEFAULT_GROUP, SocketReceiver, group_problem
@@ -39,7 +39,7 @@ def infermeter_config_options() -> Sequence[Option]:
             "max_queue",
             100_000,
             "Spans held between ticks; beyond it the oldest are dropped and counted.",
-            check=lambda n: None if n >= 1 else "must be >= 1",
+            check=at_least(1),
         ),
         Option(
             "spans",

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import ROOT, infermeter_cmd
 
-from infermeter.config import CORE_OPTIONS, Option, build_config, load_config
+from infermeter.config import CORE_OPTIONS, Option, above, at_least, build_config, load_config
 from infermeter.errors import ConfigError
+from infermeter.plugin_manager import make_plugin_manager
 
 
 def test_defaults_and_sources() -> None:
@@ -77,6 +81,27 @@ def test_plugin_options_are_declared_and_typed() -> None:
         build_config(opts, {"gpu": {"poll_s": [1]}}, environ={})
 
 
+@pytest.mark.parametrize(
+    ("check", "good", "bad", "message"),
+    [
+        (above(0), [1e-9, 5, 2.5], [0, -1.0], "must be > 0, not "),
+        (above(0, 1), [0.5, 1, 1.0], [0.0, 1.5], "must be "),
+        (at_least(1), [1, 7], [0, -3], "must be >= 1, not "),
+    ],
+)
+def test_bounds_are_checked_when_the_config_is_read(
+    check: Callable[[Any], str | None], good: list[float], bad: list[float], message: str
+) -> None:
+    opts = [*CORE_OPTIONS, Option("mine", "rate", 1.0, "A rate.", check=check)]
+    for value in good:
+        assert build_config(opts, {"mine": {"rate": value}}, environ={})["mine.rate"] == value
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            build_config(opts, {"mine": {"rate": value}}, environ={})
+        assert "`mine.rate`" in str(e.value) and message in str(e.value), value
+        assert repr(value) in str(e.value), "the error shows the value it refused"
+
+
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(CORE_OPTIONS, str(tmp_path / "nope.toml"), environ={})
@@ -126,3 +151,55 @@ def test_example_config_is_valid_and_shows_the_defaults() -> None:
     assert cfg.values == defaults.values
     assert set(cfg.values) == {o.name for o in CORE_OPTIONS}, "every core key is in the example"
     assert all(src.startswith("file ") for src in cfg.sources.values())
+
+
+def _option_reads(tree: ast.AST) -> list[tuple[int, str]]:
+    """``config["section.key"]`` / ``self.config["..."]`` subscripts with a literal key."""
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)):
+            continue
+        target = node.value
+        name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)
+        if name == "config" and isinstance(node.slice.value, str):
+            out.append((node.lineno, node.slice.value))
+    return out
+
+
+def _fallback_reads(tree: ast.AST) -> list[int]:
+    """``config.values.get(...)``, ``config.section(...).get(...)``: a read with a default of
+    its own, beside the declared one."""
+    out = []
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+        ):
+            continue
+        on = node.func.value
+        values = isinstance(on, ast.Attribute) and on.attr == "values"
+        section = (
+            isinstance(on, ast.Call)
+            and isinstance(on.func, ast.Attribute)
+            and on.func.attr == "section"
+        )
+        if values or section:
+            out.append(node.lineno)
+    return out
+
+
+def test_every_option_the_code_reads_is_declared_and_read_one_way() -> None:
+    """Issue 11: the config fills every declared key, so a read needs no default of its own."""
+    declared = {o.name for o in make_plugin_manager().config_options()}
+    sources = sorted([*(ROOT / "agent").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")])
+    reads, fallbacks = set(), []
+    for path in sources:
+        tree = ast.parse(path.read_text(), str(path))
+        where = path.relative_to(ROOT)
+        reads |= {(f"{where}:{line}", key) for line, key in _option_reads(tree)}
+        fallbacks += [f"{where}:{line}" for line in _fallback_reads(tree)]
+    assert len(reads) > 20, "the scan finds the readers"
+    assert {"nvml.process_poll_s", "rapl.root", "cpu.estimate"} <= {k for _, k in reads}
+    assert [r for r in sorted(reads) if r[1] not in declared] == []
+    assert fallbacks == []

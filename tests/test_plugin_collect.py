@@ -1,4 +1,5 @@
-"""PluginManager.collect: each implementation on its own, a failure isolated, a slow one named.
+"""PluginManager.collect and call_each: each implementation on its own, a failure isolated, a slow
+one named.
 
 Each test registers small plugin objects on a fresh manager (no entry
 points) and calls ``infermeter_replay_check`` through ``collect``, as the
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from infermeter import hookimpl
-from infermeter.plugin_manager import PluginManager, make_plugin_manager
+from infermeter.plugin_manager import PluginManager, call_each, make_plugin_manager
 from infermeter.sidecar.trace_check import TraceProblem
 
 HOOK = "infermeter_replay_check"
@@ -148,3 +149,24 @@ def test_collect_does_not_run_wrappers_and_pluggy_does(pm: PluginManager, tmp_pa
     assert wrapper.wrapped == 0  # the documented choice: collect calls providers only
     through_pluggy = pm.hook.infermeter_replay_check(trace_dir=tmp_path)
     assert wrapper.wrapped == 1 and [p.what for batch in through_pluggy for p in batch] == ["found"]
+
+
+def test_call_each_hands_back_each_result_or_error_in_pluggys_order(
+    pm: PluginManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop collect and the SDK share: a failure is handed back, never raised or logged."""
+    wrapper = Wraps()
+    pm.register(Finds("first"), name="first")
+    pm.register(Breaks(), name="broken")
+    pm.register(wrapper, name="wraps")
+    pm.register(Finds("last"), name="last")
+    with caplog.at_level(logging.DEBUG):
+        calls = list(call_each(pm.hook.infermeter_replay_check, {"trace_dir": tmp_path}))
+    assert [c.plugin for c in calls] == ["last", "broken", "first"]  # no wrapper among them
+    assert wrapper.wrapped == 0
+    last, broken, first = calls
+    assert [p.what for p in last.result] == ["last"] and last.error is None
+    assert broken.result is None and isinstance(broken.error, RuntimeError)
+    assert [p.what for p in first.result] == ["first"] and first.error is None
+    assert all(c.seconds >= 0 for c in calls)
+    assert caplog.records == [], "what a failure is worth saying is the caller's"

@@ -55,22 +55,21 @@ def current_emitter() -> Emitter | None:
 def _run_plugins(emitter: Emitter) -> list[str]:
     """Call every plugin's infermeter_instrument, each guarded; names of those that patched."""
     try:
-        from infermeter.plugin_manager import make_plugin_manager
+        from infermeter.plugin_manager import call_each, make_plugin_manager
 
         pm = make_plugin_manager()
     except Exception:
         log.warning("infermeter: plugins could not be loaded", exc_info=True)
         return []
     patched: list[str] = []
-    args = {"emitter": emitter}
-    for impl in reversed(pm.hook.infermeter_instrument.get_hookimpls()):
-        if impl.hookwrapper or impl.wrapper:
-            continue
-        try:
-            if impl.function(**{k: args[k] for k in impl.argnames}):
-                patched.append(impl.plugin_name)
-        except Exception:
+    # call_each, not pm.collect: the names of the plugins that patched are
+    # wanted, not their results, a failure is only a warning here, and a
+    # slow patch (one that imports torch) is no fault to report.
+    for call in call_each(pm.hook.infermeter_instrument, {"emitter": emitter}):
+        if call.error is not None:
             log.warning(
-                "infermeter: plugin %s failed to instrument", impl.plugin_name, exc_info=True
+                "infermeter: plugin %s failed to instrument", call.plugin, exc_info=call.error
             )
+        elif call.result:
+            patched.append(call.plugin)
     return patched

@@ -89,33 +89,21 @@ class CpuEstimateMeter:
 
 
 def estimate_mode(config: Config) -> str:
-    mode = str(config.values.get("cpu.estimate", "auto"))
-    if mode not in ESTIMATE_CHOICES:
-        log.error(
-            "config key `cpu.estimate` must be one of %s, not %r; using auto",
-            ", ".join(ESTIMATE_CHOICES),
-            mode,
-        )
-        return "auto"
-    return mode
+    """auto, always or never: the option declares its choices, so the config holds one."""
+    return str(config["cpu.estimate"])
 
 
 def rapl_measures(config: Config) -> bool:
     """Whether the rapl plugin will offer a package meter with this config."""
-    if "rapl.root" not in config.values:
+    if "rapl.root" not in config.options:
         return False  # the rapl plugin is not loaded: its options were never declared
-    if "core.rapl" in config.values.get("plugins.disabled", []):
+    if "core.rapl" in config["plugins.disabled"]:
         return False
     return rapl.scan(config["rapl.root"]).has_package
 
 
 def host_power(config: Config, model_name: str, ncpu: int) -> CpuPower:
-    return power_model(
-        model_name,
-        ncpu,
-        float(config.values.get("cpu.tdp_w", 0.0)),
-        float(config.values.get("cpu.idle_w", 0.0)),
-    )
+    return power_model(model_name, ncpu, float(config["cpu.tdp_w"]), float(config["cpu.idle_w"]))
 
 
 @hookimpl
@@ -134,7 +122,7 @@ def infermeter_config_options() -> Sequence[Option]:
             "estimate",
             "auto",
             "auto: estimate CPU energy only where RAPL cannot measure it; always; never.",
-            choices=("auto", "always", "never"),
+            choices=ESTIMATE_CHOICES,
         ),
     ]
 

@@ -276,7 +276,7 @@ def infermeter_config_options() -> Sequence[Option]:
 
 @hookimpl
 def infermeter_meters(config: Config) -> Sequence[RaplMeter]:
-    root = config.values.get("rapl.root", DEFAULT_ROOT)
+    root = config["rapl.root"]
     found = scan(root)
     if not found.has_package:
         if found.denied:
@@ -290,12 +290,12 @@ def infermeter_meters(config: Config) -> Sequence[RaplMeter]:
             ", ".join(str(p) for p in found.denied),
         )
     n_packages = sum(d.kind is DeviceKind.CPU_PACKAGE for d in found.domains)
-    idle = float(config.values.get("rapl.idle_w", 0.0)) or package_idle_w(n_packages)
+    idle = float(config["rapl.idle_w"]) or package_idle_w(n_packages)
     try:
         meter = RaplMeter(
             found.domains,
             PsutilTimes(),
-            max_power_w=float(config.values.get("rapl.max_power_w", 1000.0)),
+            max_power_w=float(config["rapl.max_power_w"]),
             package_idle_w=idle,
             cpu_name=cpu_model_name(),
         )

@@ -59,10 +59,6 @@ _HINTS = {
 }
 
 
-def _setting(config: Config, key: str) -> Any:
-    return config.section("nvml").get(key, next(o.default for o in OPTIONS if o.key == key))
-
-
 def open_nvml(nvml: Any) -> list[Gpu] | None:
     """nvmlInit and list the GPUs; None (logged once, NVML released) when there are none."""
     import pynvml
@@ -100,12 +96,12 @@ def open_meters(nvml: Any, config: Config) -> list[NvmlMeter]:
     """The live meter over ``nvml`` (pynvml), polling in its own thread; [] without GPUs."""
     from infermeter.plugins.nvml.meter import NvmlMeter
 
-    if not _setting(config, "enabled"):
+    if not config["nvml.enabled"]:
         return []
     gpus = open_nvml(nvml)
     if gpus is None:
         return []
-    poll_s = float(_setting(config, "process_poll_s"))
+    poll_s = float(config["nvml.process_poll_s"])
     if poll_s <= 0:
         log.warning("nvml.process_poll_s must be > 0, not %s: using 0.2", poll_s)
         poll_s = 0.2
@@ -132,7 +128,7 @@ def infermeter_recorders(out_dir: Path, config: Config) -> Sequence[Recorder]:
 
     from infermeter.plugins.nvml.record import NvmlRecorder
 
-    if not _setting(config, "enabled"):
+    if not config["nvml.enabled"]:
         return []
     gpus = open_nvml(pynvml)
     return [] if gpus is None else [NvmlRecorder(pynvml, gpus, out_dir)]
@@ -143,7 +139,7 @@ def infermeter_replay_meters(trace_dir: Path, config: Config) -> Sequence[Meter]
     from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
     from infermeter.plugins.nvml.trace import device_indices
 
-    if not _setting(config, "enabled") or not device_indices(trace_dir):
+    if not config["nvml.enabled"] or not device_indices(trace_dir):
         return []
     standin = NvmlStandIn.from_trace(trace_dir)
     return [ReplayNvmlMeter(standin)] if standin.gpus else []

@@ -42,7 +42,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from infermeter.config import Option
+from infermeter.config import Option, above
 from infermeter.plugins.recommend._rule import Advice, Options, Pass, hooks, models
 from infermeter.recommend.money import Subject, WindowSaving, rounded
 from infermeter.recommend.stats import DeviceStats, ModelStats, Prices, Stats
@@ -79,13 +79,15 @@ OPTIONS: tuple[Option, ...] = (
         "recommend_placement",
         "cpu_gflops_per_core",
         50.0,
-        "Sustained inference GFLOP/s of one CPU core (fp32).",
+        "Sustained inference GFLOP/s of one CPU core (fp32); > 0.",
+        check=above(0),
     ),
     Option(
         "recommend_placement",
         "edge_efficiency",
         0.3,
-        "Fraction of an edge device's dense tensor TFLOPS a small model reaches.",
+        "Fraction (> 0, <= 1) of an edge device's dense tensor TFLOPS a small model reaches.",
+        check=above(0, 1),
     ),
 )
 

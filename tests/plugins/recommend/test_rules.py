@@ -6,10 +6,13 @@ store; the plugins are the installed ones, loaded through the entry points.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support import infermeter_cmd
 from support.recommend_stats import (
     CPU,
     GPU,
@@ -25,6 +28,7 @@ from support.recommend_stats import (
     tiny,
 )
 
+from infermeter.errors import ConfigError
 from infermeter.plugins.recommend import batch as recommend_batch
 from infermeter.plugins.recommend import idle as recommend_idle
 from infermeter.plugins.recommend import placement as recommend_placement
@@ -220,6 +224,42 @@ def test_placement_prefers_a_measured_cpu_deployment_of_similar_size() -> None:
     assert rec.evidence["best"] == "cpu"
     assert "measured" in rec.confidence_reason
     assert rec.evidence["cost_per_1k_items"]["cpu"] == pytest.approx(0.00011 / 10)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("cpu_gflops_per_core", 0, "must be > 0, not 0"),
+        ("cpu_gflops_per_core", -50.0, "must be > 0, not -50.0"),
+        ("edge_efficiency", 0.0, "must be > 0, not 0.0"),
+        ("edge_efficiency", 1.5, "must be <= 1, not 1.5"),
+    ],
+)
+def test_placement_divisors_are_bounded_when_the_config_is_read(
+    key: str, value: float, message: str
+) -> None:
+    """0 would divide by zero in the judge; it is one error naming the key instead."""
+    with pytest.raises(ConfigError) as e:
+        config(recommend_placement={key: value})
+    assert f"`recommend_placement.{key}`" in str(e.value) and message in str(e.value)
+
+
+def test_a_zero_divisor_in_the_file_exits_2_with_one_line(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[recommend_placement]\ncpu_gflops_per_core = 0\n")
+    r = subprocess.run(
+        [*infermeter_cmd(), "--config", str(path), "config", "show"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "recommend_placement.cpu_gflops_per_core" in lines[0], r.stderr
+    assert "must be > 0" in lines[0] and "Traceback" not in r.stderr
 
 
 def test_placement_needs_the_cards_throughput() -> None:
