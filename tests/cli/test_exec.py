@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
 
 from infermeter.records import Span
 from infermeter.spans.receiver import SocketReceiver
@@ -149,12 +149,8 @@ def test_the_exit_code_and_signals_pass_through(receiver: SocketReceiver) -> Non
 
 
 def test_options_after_the_program_belong_to_the_program(receiver: SocketReceiver) -> None:
-    proc = subprocess.run(
-        [*infermeter_cmd(), "exec", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-v"],
-        env=env_for(receiver),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_cli(
+        env_for(receiver), "exec", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-v"
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['-v']"
@@ -163,22 +159,8 @@ def test_options_after_the_program_belong_to_the_program(receiver: SocketReceive
 def test_the_socket_option_reaches_every_process(receiver: SocketReceiver) -> None:
     env = env_for(receiver)
     del env["INFERMETER_SOCKET"]
-    proc = subprocess.run(
-        [
-            *infermeter_cmd(),
-            "exec",
-            "--socket",
-            receiver.path,
-            "--",
-            sys.executable,
-            "-c",
-            CHILD,
-            "option",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_cli(
+        env, "exec", "--socket", receiver.path, "--", sys.executable, "-c", CHILD, "option"
     )
     assert proc.returncode == 0, proc.stderr
     assert [s.model for s in collect(receiver, 1)] == ["option"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 from support.recommend_stats import GPU, PRICES, WINDOW, bursty, config, stats
 
 from infermeter import hookimpl
@@ -298,13 +298,7 @@ def test_apply_power_cap_without_the_gpu_exits_2_with_one_line(
     capped_db: tuple[Path, Recommendation], tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     db, cap = capped_db
-    result = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "apply", cap.stable_id, "--yes"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(cli_env, "--db", f"sqlite:///{db}", "apply", cap.stable_id, "--yes")
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -330,8 +324,7 @@ def test_apply_hands_advice_to_the_plugin_that_carries_it_out(
     engine.dispose()
 
     def apply(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [*infermeter_cmd(), "--db", f"sqlite:///{db}", "apply", mine.stable_id, *args]
-        return subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
+        return run_cli(cli_env, "--db", f"sqlite:///{db}", "apply", mine.stable_id, *args)
 
     dry = apply()
     assert dry.returncode == 0, dry.stderr

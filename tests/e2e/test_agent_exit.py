@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
 
 # Real agents and applications as subprocesses: `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
@@ -124,13 +124,7 @@ def run_app(env: dict[str, str], life: int, burst: int) -> tuple[int, int]:
     Untold: dropped at exit when even the count could not reach the agent
     (its queue full for the whole 30 ms kept for it, on a very busy machine).
     """
-    r = subprocess.run(
-        [*infermeter_cmd(), "exec", "--", sys.executable, "-c", APP, str(life), str(burst)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(env, "exec", "--", sys.executable, "-c", APP, str(life), str(burst))
     assert r.returncode == 0, r.stderr
     found = re.findall(r"infermeter: (\d+) spans dropped that the agent .* not told of", r.stderr)
     return int(r.stdout), sum(int(n) for n in found)

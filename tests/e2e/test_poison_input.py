@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
 
 from infermeter.store import schema
 from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY
@@ -158,13 +158,7 @@ def _final_flush(log: str) -> int:
 
 
 def _status(env: dict[str, str], url: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [*infermeter_cmd(), "--db", url, "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_cli(env, "--db", url, "status", "--json")
     assert out.returncode == 0, out.stderr
     hosts = {h["host"]: h for h in json.loads(out.stdout)["hosts"]}
     return dict(hosts[HOST])
@@ -326,13 +320,7 @@ def _seed_old_agent_rows(engine: Engine, now: float) -> tuple[float, float, floa
 def test_case_4_huge_counts_and_a_poisoned_hour_never_wedge_the_rollups(
     tmp_path: Path, cli_env: dict[str, str], db_url: str, sock_path: Path
 ) -> None:
-    upgrade = subprocess.run(
-        [*infermeter_cmd(), "--db", db_url, "db", "upgrade"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    upgrade = run_cli(cli_env, "--db", db_url, "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     engine = create_engine(db_url)
     sqlite = engine.dialect.name == "sqlite"

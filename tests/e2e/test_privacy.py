@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, infermeter_cmd, run_cli
 
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
@@ -212,13 +212,7 @@ def test_record_writes_a_private_trace_without_the_secrets(
     config = tmp_path / "agent.toml"
     config.write_text('[plugins]\ndisabled = ["synthetic"]\n' + RULE)
     out = tmp_path / "trace"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(config), "record", "--out", str(out), "--seconds", "2"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(cli_env, "--config", str(config), "record", "--out", str(out), "--seconds", "2")
     assert r.returncode == 0, r.stderr
     assert mode(out) == 0o700 and mode(out / "processes.jsonl") == 0o600
     recorded = [json.loads(line) for line in (out / "processes.jsonl").read_text().splitlines()]
@@ -241,13 +235,7 @@ def test_replay_of_a_trace_recorded_before_redaction_stores_none(
     (trace / "processes.jsonl").write_text(json.dumps(line) + "\n")
     folder = tmp_path / "data" / "infermeter"
     env = {**cli_env, "INFERMETER_DATA_DIR": str(folder)}
-    r = subprocess.run(
-        [*infermeter_cmd(), "replay", "--no-progress", str(trace)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_cli(env, "replay", "--no-progress", str(trace))
     assert r.returncode == 0, r.stderr
     db = folder / "infermeter.db"
     assert mode(folder) == 0o700 and mode(db) == 0o600

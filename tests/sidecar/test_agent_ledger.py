@@ -26,7 +26,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
 from support.pg import PG_ADMIN_URL
 
 from infermeter.attribute.ledger import SpanLedger
@@ -229,13 +229,7 @@ def test_over_the_count_bound_the_latest_ending_spans_are_shed_and_counted(
     assert since_start(log, "span ledger") == {"shed": flood.chunk - 5000 + 1}
     flood.check_marks_stored_alone()
     # The agent's last word, stored at shutdown, is what `status` shows.
-    status = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "status", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    status = run_cli(cli_env, "--db", f"sqlite:///{db}", "status", "--json", check=True)
     (host,) = json.loads(status.stdout)["hosts"]
     assert host["span_sources"]["agent"]["spans_shed"] == flood.chunk - 5000 + 1
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
 
 from infermeter.records import Span
 from infermeter.spans.emitter import Emitter
@@ -131,13 +131,7 @@ def test_second_agent_on_one_sqlite_file_refuses(tmp_path: Path, cli_env: dict[s
     try:
         wait_for_windows(db, 1, first)
         before = count_windows(db)
-        second = subprocess.run(
-            [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{db}", "run"],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = run_cli(cli_env, "--config", str(config), "--db", f"sqlite:///{db}", "run")
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1].startswith("infermeter: error: another")
         assert f"pid {first.pid}" in second.stderr
@@ -176,19 +170,13 @@ def test_sigkill_mid_flush_loses_nothing_committed(tmp_path: Path, cli_env: dict
 
 
 def test_unreachable_database_exits_2(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    r = subprocess.run(
-        [
-            *infermeter_cmd(),
-            "--config",
-            str(write_config(tmp_path)),
-            "--db",
-            "postgresql://nobody@127.0.0.1:1/none",
-            "run",
-        ],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    r = run_cli(
+        cli_env,
+        "--config",
+        str(write_config(tmp_path)),
+        "--db",
+        "postgresql://nobody@127.0.0.1:1/none",
+        "run",
     )
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
@@ -209,13 +197,7 @@ def test_newer_schema_exits_2_and_changes_nothing(tmp_path: Path, cli_env: dict[
         conn.execute("UPDATE alembic_version SET version_num = 'f00d0099'")
     before = db.read_bytes()
     for args in (["run"], ["db", "upgrade"], ["db", "current"]):
-        r = subprocess.run(
-            [*infermeter_cmd(), "--config", str(write_config(tmp_path)), "--db", url, *args],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = run_cli(cli_env, "--config", str(write_config(tmp_path)), "--db", url, *args)
         assert r.returncode == 2, args
         assert "schema is at revision f00d0099, newer than this infermeter" in r.stderr
     with sqlite3.connect(db) as conn:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -385,14 +385,8 @@ def sqlite_state(db: Path) -> tuple[str, dict[str, int]]:
     return hashlib.sha256(db.read_bytes()).hexdigest(), counts
 
 
-def run_cli(env: dict[str, str], db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", "--no-progress", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def replay_cli(env: dict[str, str], db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(env, "--db", f"sqlite:///{db}", "replay", "--no-progress", *args)
 
 
 def test_the_library_refuses_before_writing(tmp_path: Path) -> None:
@@ -422,14 +416,14 @@ def test_replay_cli_refuses_a_damaged_trace_and_leaves_the_store(
     db = tmp_path / "store.db"
     clean = tmp_path / "clean" / SERVING.name
     shutil.copytree(SERVING, clean)
-    first = run_cli(cli_env, db, str(clean))
+    first = replay_cli(cli_env, db, str(clean))
     assert first.returncode == 0, first.stderr
     before = sqlite_state(db)
     assert before[1]["usage_shares"] > 0
     for name in REFUSED:
         # the same host (the folder's name): a refused replay must not touch its rows
         trace, path, line, words = damaged(tmp_path / name, name)
-        r = run_cli(cli_env, db, str(trace))
+        r = replay_cli(cli_env, db, str(trace))
         assert r.returncode == 2, (name, r.stderr)
         # one line, no traceback, no log lines: the file, the line and what is wrong
         (said,) = r.stderr.strip().splitlines()
@@ -438,7 +432,7 @@ def test_replay_cli_refuses_a_damaged_trace_and_leaves_the_store(
         assert sqlite_state(db) == before, name
     fresh = tmp_path / "fresh.db"
     trace, *_ = damaged(tmp_path / "fresh", "device-garbage")
-    assert run_cli(cli_env, fresh, str(trace)).returncode == 2
+    assert replay_cli(cli_env, fresh, str(trace)).returncode == 2
     assert not fresh.exists()  # refused before the store was even opened
 
 
@@ -473,7 +467,7 @@ def test_partial_replays_the_readable_rows_and_shows_each_gap(
     problems = {(p.path, p.line): p for p in check_trace(trace, make_plugin_manager())}
     assert set(problems) == {(device_path, device_line), (cpu_path, cpu_line)}
     db = tmp_path / "partial.db"
-    r = run_cli(cli_env, db, "--partial", str(trace))
+    r = replay_cli(cli_env, db, "--partial", str(trace))
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     gaps = [x for x in out if x.startswith("gap: ")]
@@ -496,7 +490,7 @@ def test_partial_replays_the_readable_rows_and_shows_each_gap(
     expected = (int(readable[-1][1]) - int(readable[0][1])) / 1000.0
     assert gpu_energy(db, SERVING.name) == pytest.approx(expected, abs=1e-3)
     # a second partial replay of the same trace keeps the gaps once
-    again = run_cli(cli_env, db, "--partial", str(trace))
+    again = replay_cli(cli_env, db, "--partial", str(trace))
     assert again.returncode == 0, again.stderr
     assert len(quarantined(db)) == 2 and again.stdout.count("gap: ") == 2
 
@@ -506,7 +500,7 @@ def test_partial_without_a_readable_gpu_file_replays_the_cpu_and_says_so(
 ) -> None:
     trace, path, _line, _ = damaged(tmp_path, "device-missing-column")
     db = tmp_path / "cpu-only.db"
-    r = run_cli(cli_env, db, "--partial", str(trace))
+    r = replay_cli(cli_env, db, "--partial", str(trace))
     assert r.returncode == 0, r.stderr
     assert f"gap: {path}:1: " in r.stdout and "missing the whole file" in r.stdout
     assert "meters cpu_estimate," in r.stdout

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import run_cli
 
 from infermeter.config import build_config
 from infermeter.errors import InfermeterError
@@ -354,13 +354,7 @@ def test_an_unknown_group_in_the_config_is_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[spans]\ngroup = "no-such-group-here"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(config), "config", "show"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli(env, "--config", str(config), "config", "show")
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "spans.group" in line and "no group 'no-such-group-here' on this host" in line
