@@ -9,14 +9,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import infermeter_cmd, run_cli
+from support.waiting import collect
 
-from infermeter.records import Span
 from infermeter.spans.receiver import SocketReceiver
 
 # Real agents and applications as subprocesses: `make test-fast` leaves them out.
@@ -50,15 +49,6 @@ def env_for(receiver: SocketReceiver, pythonpath: str | None = None) -> dict[str
         env["PYTHONPATH"] = pythonpath
     env["INFERMETER_SOCKET"] = receiver.path
     return env
-
-
-def collect(receiver: SocketReceiver, n: int, timeout: float = 10.0) -> list[Span]:
-    got: list[Span] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(receiver.drain())
-        time.sleep(0.02)
-    return got
 
 
 def run_exec(
