@@ -13,18 +13,17 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from support import FIXTURES, infermeter_cmd, run_cli
+from support.agent_run import RunningAgent, sqlite_rows
 
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
@@ -146,11 +145,7 @@ def test_only_the_agent_warns_about_an_open_store(
 
 
 def stored_cmdlines(db: Path) -> dict[int, str]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return dict(conn.execute("SELECT pid, cmdline FROM targets").fetchall())
-    except sqlite3.OperationalError:
-        return {}  # not created or not migrated yet
+    return dict(sqlite_rows(db, "SELECT pid, cmdline FROM targets"))
 
 
 def secrets_in(*paths: Path) -> list[tuple[str, bytes]]:
@@ -174,19 +169,13 @@ def test_run_keeps_a_private_store_without_the_secrets(
         '[plugins]\ndisabled = ["core.nvml", "core.rapl", "synthetic"]\n' + RULE
     )
     db = folder / "infermeter.db"
-    agent = subprocess.Popen(
-        [*infermeter_cmd(), "--config", str(config), "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = RunningAgent(env, config, None, tmp_path / "agent.log")
     try:
-        deadline = time.monotonic() + 60
-        while secret_process.pid not in stored_cmdlines(db):
-            assert agent.poll() is None, agent.communicate()
-            assert time.monotonic() < deadline, "the marked process never reached the store"
-            time.sleep(0.2)
+        agent.wait_for(
+            lambda: secret_process.pid in stored_cmdlines(db),
+            "the marked process to reach the store",
+            poll_s=0.2,
+        )
         wal, shm = folder / "infermeter.db-wal", folder / "infermeter.db-shm"
         assert wal.exists() and shm.exists(), "the running agent holds the WAL open"
         assert mode(folder) == 0o700
@@ -198,9 +187,8 @@ def test_run_keeps_a_private_store_without_the_secrets(
         assert stored_cmdlines(db)[secret_process.pid] == expected_cmdline()
         assert secrets_in(db, wal) == []
     finally:
-        agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=30)
-    assert agent.returncode == 0, err
+        code = agent.stop()
+    assert code == 0, agent.text()
     assert secrets_in(db, folder / "infermeter.db-wal") == []
     assert mode(db) == 0o600
 

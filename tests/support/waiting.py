@@ -49,6 +49,8 @@ def wait_until(
 ) -> None:
     """Poll ``cond`` until it holds; fail, saying ``what`` and with ``log``'s text, if not.
 
+    ``what`` is what is awaited, as a noun phrase ("the span socket").
+
     With ``proc``, fail as soon as that process has exited: what it was to do
     will not come, and waiting on would only hide why.
     """
@@ -57,7 +59,7 @@ def wait_until(
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"exited ({proc.returncode}) while waiting for {what}{_tail(log)}")
         if time.monotonic() >= deadline:
-            raise AssertionError(f"no {what} in {timeout:g} s{_tail(log)}")
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}{_tail(log)}")
         time.sleep(poll_s)
 
 
