@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine
 from support import run_cli
-from support.pg_reader import drop_roles, reader_role, unique_role
+from support.pg import admin_rows
+from support.pg_reader import reader_role
 
 from infermeter.store import migrate
 
@@ -49,16 +49,6 @@ def test_bad_url_is_one_line(cli_env: dict[str, str]) -> None:
     assert r.stderr.strip().splitlines()[-1] == (
         "infermeter: error: database URL 'not a url' is not a valid SQLAlchemy URL"
     )
-
-
-def admin_rows(url: str, statement: str) -> list[tuple[object, ...]]:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            result = conn.exec_driver_sql(statement)
-            return [tuple(r) for r in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def role_state(url: str, role: str) -> dict[str, list[tuple[object, ...]]]:
@@ -140,22 +130,22 @@ def test_grant_reader_refuses_roles_it_would_have_to_demote(
     assert admin_rows(pg_url, "SELECT rolsuper FROM pg_roles WHERE rolname = 'postgres'") == [
         (True,)
     ]
-    owner = unique_role("im_owner")
-    try:
-        admin_rows(pg_url, f'CREATE ROLE "{owner}" LOGIN')
-        admin_rows(pg_url, f'ALTER TABLE hosts OWNER TO "{owner}"')
-        r = run_cli(cli_env, "--db", pg_url, "db", "grant-reader", "--role", owner)
-        assert r.returncode == 2
-        assert r.stderr.strip() == (
-            f"infermeter: error: role {owner} owns hosts: it can write them, and grant-reader "
-            "will not take them away; choose another sql.reader_role (--role)"
-        )
-        assert admin_rows(pg_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'hosts'") == [
-            (owner,)
-        ]
-    finally:
-        admin_rows(pg_url, "ALTER TABLE hosts OWNER TO postgres")
-        drop_roles(pg_url, owner)
+    with reader_role(pg_url, "im_owner") as owner:
+        try:
+            admin_rows(pg_url, f'CREATE ROLE "{owner}" LOGIN')
+            admin_rows(pg_url, f'ALTER TABLE hosts OWNER TO "{owner}"')
+            r = run_cli(cli_env, "--db", pg_url, "db", "grant-reader", "--role", owner)
+            assert r.returncode == 2
+            assert r.stderr.strip() == (
+                f"infermeter: error: role {owner} owns hosts: it can write them, and grant-reader "
+                "will not take them away; choose another sql.reader_role (--role)"
+            )
+            owners = admin_rows(
+                pg_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'hosts'"
+            )
+            assert owners == [(owner,)]
+        finally:
+            admin_rows(pg_url, "ALTER TABLE hosts OWNER TO postgres")
 
 
 def test_grant_reader_on_sqlite_is_one_line(sqlite_url: str, cli_env: dict[str, str]) -> None:

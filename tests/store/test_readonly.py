@@ -31,7 +31,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from support import FIXTURES, infermeter_cmd
 from support.chargeback_data import pg_database
-from support.pg_reader import drop_roles, reader_role, sql_config, unique_role
+from support.pg import admin_rows
+from support.pg_reader import reader_role, sql_config, unique_role
 
 from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.readonly import (
@@ -91,13 +92,7 @@ class PgStore:
         return im(self.env, "--config", str(self.config), "--db", self.url, "sql", *args)
 
     def admin(self, statement: str) -> list[tuple[object, ...]]:
-        engine = create_engine(self.url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                result = conn.exec_driver_sql(statement)
-                return [tuple(r) for r in result] if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return admin_rows(self.url, statement)
 
     def snapshot(self) -> list[tuple[object, ...]]:
         """What a write could have changed: row counts and sums of the stored tables."""
@@ -307,9 +302,8 @@ def test_missing_role_is_named(pg: PgStore) -> None:
 
 
 def test_roles_with_server_rights_are_refused_until_granted_again(pg: PgStore) -> None:
-    role, group = unique_role(), unique_role("im_group")
     base = ["--db", pg.url]
-    try:
+    with reader_role(pg.url) as role, reader_role(pg.url, "im_group") as group:
         made = im(pg.env, *base, "db", "grant-reader", "--role", role)
         assert made.returncode == 0, made.stderr
         assert pg.sql("--role", role, "SELECT 1").returncode == 0
@@ -345,8 +339,6 @@ def test_roles_with_server_rights_are_refused_until_granted_again(pg: PgStore) -
             f"infermeter: error: sql would run as role {role}, which may write requests; "
             f"{GRANT_HINT}"
         )
-    finally:
-        drop_roles(pg.url, role, group)
 
 
 def test_the_owners_password_never_goes_to_the_reader() -> None:
