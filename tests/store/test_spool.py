@@ -14,12 +14,14 @@ import json
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from support.agent_run import TEST_METER_ONLY, RunningAgent
 from support.private_pg import PrivatePostgres, private_postgres
+from support.records import FULL_SPAN
 
 from infermeter.config import build_config
 from infermeter.errors import StoreError
@@ -36,7 +38,6 @@ from infermeter.records import (
     Price,
     Reading,
     Share,
-    Span,
     Target,
 )
 from infermeter.sidecar.agent import Agent
@@ -113,23 +114,7 @@ def full_batch() -> FlushBatch:
             weight_basis="sm-util",
         ),
     ]
-    span = Span(
-        pid=416,
-        model="resnet50",
-        t0=t0 + 1,
-        t1=t0 + 1.25,
-        items=32,
-        tokens_in=10,
-        tokens_out=20,
-        request_id="r-1",
-        tenant="acme",
-        tags={"stage": "post", "ünïcode": "✓"},
-        framework="torch",
-        device="cuda:1",
-        dtype="bfloat16",
-        parameters=25_600_000,
-        seq=2,
-    )
+    span = replace(FULL_SPAN, pid=TARGET.pid, t0=t0 + 1, t1=t0 + 1.25, device="cuda:1", seq=2)
     call = CallEnergy(span, TARGET.key, 12.5, Method.INTEGRATED)
     window = DeviceWindowRecord(GPU.uid, t0, t1, 1976.5677, Method.INTEGRATED, 0.625, 12 << 30)
     return FlushBatch(
