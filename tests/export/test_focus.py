@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from support import run_cli
-from support.chargeback_data import fill, pg_database
+from support.chargeback_data import filled_stores
 
 from infermeter.errors import InfermeterError
 from infermeter.export import focus
@@ -87,11 +87,8 @@ DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    sqlite = f"sqlite:///{tmp_path_factory.mktemp('focus') / 'focus.db'}"
-    with pg_database() as pg:
-        fill(sqlite)
-        fill(pg)
-        yield {"sqlite": sqlite, "postgresql": pg}
+    with filled_stores(tmp_path_factory.mktemp("focus")) as urls:
+        yield urls
 
 
 def store_sums(url: str) -> dict[str, Any]:

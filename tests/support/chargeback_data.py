@@ -21,6 +21,7 @@ import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
@@ -52,6 +53,20 @@ def fill(url: str) -> None:
         replay(trace, config, pm, store)
     label(engine)
     engine.dispose()
+
+
+@contextmanager
+def filled_stores(folder: Path) -> Iterator[dict[str, str]]:
+    """The data filled into a SQLite file in ``folder`` and a fresh PostgreSQL database.
+
+    The URLs by dialect name, so that a test asserts the same of both; the
+    PostgreSQL database is dropped on exit.
+    """
+    sqlite = f"sqlite:///{folder / 'store.db'}"
+    with pg_database() as pg:
+        fill(sqlite)
+        fill(pg)
+        yield {"sqlite": sqlite, "postgresql": pg}
 
 
 def label(engine: Engine) -> None:
