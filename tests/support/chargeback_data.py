@@ -18,14 +18,12 @@ every database:
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -34,7 +32,7 @@ from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store
 from support import FIXTURES
-from support.pg import PG_ADMIN_URL, require_pg
+from support.pg import fresh_database
 
 SERVING = FIXTURES / "h100-serving"
 ENCODER = FIXTURES / "h100-resnet-encoder"
@@ -130,17 +128,6 @@ def normalise(value: Any) -> Any:
     return value
 
 
-@contextmanager
-def pg_database() -> Iterator[str]:
+def pg_database() -> AbstractContextManager[str]:
     """A fresh PostgreSQL database for a whole module (conftest's ``pg_url`` is per test)."""
-    require_pg()
-    name = f"infermeter_cb_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return fresh_database()
