@@ -397,14 +397,20 @@ def test_driver_not_loaded_is_a_warning(caplog: pytest.LogCaptureFixture) -> Non
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
 
-def test_the_hook_follows_what_pynvml_says_on_this_host() -> None:
+def nvml_devices_here() -> int:
+    """How many GPUs the real NVML library sees on this host (0 without a driver)."""
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        expected = 0
-    else:
-        expected = 1 if pynvml.nvmlDeviceGetCount() else 0
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
         pynvml.nvmlShutdown()
+
+
+def test_the_hook_follows_what_pynvml_says_on_this_host() -> None:
+    expected = 1 if nvml_devices_here() else 0
     meters = plugin.infermeter_meters(config())
     try:
         assert len(meters) == expected
@@ -489,13 +495,7 @@ def test_live_poller_thread_polls_until_closed() -> None:
 
 
 def test_the_recorders_hook_follows_what_pynvml_says(tmp_path: Path) -> None:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        expected = 0
-    else:
-        expected = 1 if pynvml.nvmlDeviceGetCount() else 0
-        pynvml.nvmlShutdown()
+    expected = 1 if nvml_devices_here() else 0
     recorders = plugin.infermeter_recorders(tmp_path, config())
     try:
         assert len(recorders) == expected
