@@ -80,9 +80,14 @@ def set_json(path: Path, number: int, key: str, raw: str) -> None:
 Damage = Callable[[Path], tuple[str, int]]
 
 
-def device_garbage(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 100, 2, "12x45")
-    return "nvml_device0.csv", 100
+def device_cell(number: int, column: int, value: str) -> Damage:
+    """Cell ``column`` of line ``number`` of the device CSV set to ``value``."""
+
+    def damage(d: Path) -> tuple[str, int]:
+        edit_cell(d / "nvml_device0.csv", number, column, value)
+        return "nvml_device0.csv", number
+
+    return damage
 
 
 def device_truncated(d: Path) -> tuple[str, int]:
@@ -100,26 +105,6 @@ def device_missing_cell(d: Path) -> tuple[str, int]:
     return "nvml_device0.csv", 200
 
 
-def device_nan(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 300, 3, "nan")
-    return "nvml_device0.csv", 300
-
-
-def device_inf(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 301, 2, "inf")
-    return "nvml_device0.csv", 301
-
-
-def device_negative(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 302, 3, "-5")
-    return "nvml_device0.csv", 302
-
-
-def device_utilisation(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 303, 4, "250")
-    return "nvml_device0.csv", 303
-
-
 def device_backwards(d: Path) -> tuple[str, int]:
     path = d / "nvml_device0.csv"
     earlier = lines_of(path)[389].split(",")[0]  # line 390's time
@@ -131,11 +116,6 @@ def device_far_ahead(d: Path) -> tuple[str, int]:
     path = d / "nvml_device0.csv"
     edit_cell(path, 500, 0, str(float(lines_of(path)[499].split(",")[0]) + 1e6))
     return "nvml_device0.csv", 500
-
-
-def device_first_row_far_back(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 2, 0, "5.0")  # 1970: a replay of 56 years
-    return "nvml_device0.csv", 2
 
 
 def processes_garbage(d: Path) -> tuple[str, int]:
@@ -285,19 +265,23 @@ def recorded_processes(d: Path) -> tuple[str, int]:
 
 
 DAMAGES: dict[str, tuple[Path, Damage, str]] = {
-    "device-garbage": (SERVING, device_garbage, "power_mw: '12x45' is not a number"),
+    "device-garbage": (SERVING, device_cell(100, 2, "12x45"), "power_mw: '12x45' is not a number"),
     "device-truncated": (SERVING, device_truncated, "truncated last line (expected 7 cells"),
     "device-missing-column": (SERVING, device_missing_column, "(missing column sm_mhz)"),
     "device-missing-cell": (SERVING, device_missing_cell, "expected 7 cells, found 6"),
-    "device-nan": (SERVING, device_nan, "power_instant_mw: 'nan' is not a finite number"),
-    "device-inf": (SERVING, device_inf, "power_mw: 'inf' is not a finite number"),
-    "device-negative": (SERVING, device_negative, "power_instant_mw: '-5' is below 0"),
-    "device-utilisation": (SERVING, device_utilisation, "util_gpu: '250' is above 100"),
+    "device-nan": (
+        SERVING,
+        device_cell(300, 3, "nan"),
+        "power_instant_mw: 'nan' is not a finite number",
+    ),
+    "device-inf": (SERVING, device_cell(301, 2, "inf"), "power_mw: 'inf' is not a finite number"),
+    "device-negative": (SERVING, device_cell(302, 3, "-5"), "power_instant_mw: '-5' is below 0"),
+    "device-utilisation": (SERVING, device_cell(303, 4, "250"), "util_gpu: '250' is above 100"),
     "device-backwards": (SERVING, device_backwards, "time goes backwards"),
     "device-far-ahead": (SERVING, device_far_ahead, "time jumps ahead"),
     "device-first-row-far-back": (
         SERVING,
-        device_first_row_far_back,
+        device_cell(2, 0, "5.0"),  # 1970: a replay of 56 years
         # the nearest good row is the fixture's second, at 1795760343.4066691
         "time 5.0 is 1795760338 s away from the rest of the file",
     ),
