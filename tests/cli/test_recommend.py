@@ -255,12 +255,18 @@ def capped_db(db: Path) -> tuple[Path, Recommendation]:
     return db, cap
 
 
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> SettableStandIn:
+    """The NVML stand-in the power-cap plugin is given instead of pynvml, for this test."""
+    nvml = SettableStandIn()
+    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: nvml)
+    return nvml
+
+
 def test_apply_power_cap_without_yes_sets_nothing(
-    capped_db: tuple[Path, Recommendation], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capped_db: tuple[Path, Recommendation], tmp_path: Path, standin: SettableStandIn
 ) -> None:
     db, cap = capped_db
-    standin = SettableStandIn()
-    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id)
     assert result.exit_code == 0
     watts = cap.evidence["suggested_limit_w"]
@@ -271,11 +277,9 @@ def test_apply_power_cap_without_yes_sets_nothing(
 
 
 def test_apply_power_cap_with_yes_sets_it_through_nvml(
-    capped_db: tuple[Path, Recommendation], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capped_db: tuple[Path, Recommendation], tmp_path: Path, standin: SettableStandIn
 ) -> None:
     db, cap = capped_db
-    standin = SettableStandIn()
-    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id[:10], "--yes")
     assert result.exit_code == 0, result.output
     watts = cap.evidence["suggested_limit_w"]
