@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from support import FIXTURES, infermeter_cmd
 from support.chargeback_data import pg_database
 from support.pg import admin_rows
 from support.pg_reader import reader_role, sql_config, unique_role
+from support.waiting import wait_until
 
 from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.readonly import (
@@ -225,12 +225,8 @@ def test_pg_sleep_is_stopped_by_the_timeout(pg: PgStore, tmp_path: Path) -> None
         TIMEOUT_LINE.format(s=2)
     )
     # And nothing of those queries is left running on the server.
-    deadline = time.monotonic() + 60
-    while pg.admin(
-        f"SELECT pid FROM pg_stat_activity WHERE usename = '{pg.role}' AND state = 'active'"
-    ):
-        assert time.monotonic() < deadline, "a timed-out query is still running"
-        time.sleep(0.2)
+    active = f"SELECT pid FROM pg_stat_activity WHERE usename = '{pg.role}' AND state = 'active'"
+    wait_until(lambda: not pg.admin(active), "the timed-out query to end", poll_s=0.2)
     ok = im(pg.env, *base, "--timeout", "60", "--csv", "SELECT 1 AS slept FROM pg_sleep(0.1)")
     assert ok.returncode == 0 and ok.stdout.splitlines() == ["slept", "1"], ok.stderr
 

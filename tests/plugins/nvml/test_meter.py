@@ -18,6 +18,7 @@ from pathlib import Path
 import pynvml
 import pytest
 from support import FIXTURES
+from support.waiting import eventually
 
 from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
@@ -481,9 +482,7 @@ def test_live_poller_thread_polls_until_closed() -> None:
     standin.nvmlInit()
     meter = NvmlMeter(standin, open_gpus(standin), clock=lambda: standin.clock.now)
     meter.start_polling(0.005)
-    deadline = time.monotonic() + 5.0
-    while standin.calls["nvmlDeviceGetFieldValues"] < 5 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    eventually(lambda: standin.calls["nvmlDeviceGetFieldValues"] >= 5, poll_s=0.005)
     meter.close()
     polled = standin.calls["nvmlDeviceGetFieldValues"]
     assert polled >= 5
