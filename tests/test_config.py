@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, infermeter_cmd
+from support import ROOT, run_cli
 
 from infermeter.config import CORE_OPTIONS, Option, above, at_least, build_config, load_config
 from infermeter.errors import ConfigError
@@ -111,13 +110,7 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path, cli_env: dict[str,
     path = tmp_path / "bad.toml"
     path.write_text("[agent]\ntick_s = 'x'\n")
     db = tmp_path / "store.db"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(path), "--db", f"sqlite:///{db}", "run"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli(cli_env, "--config", str(path), "--db", f"sqlite:///{db}", "run")
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [lines[-1]] and "agent.tick_s" in lines[-1], r.stderr
@@ -128,14 +121,7 @@ def test_cli_config_show_reports_sources(tmp_path: Path, cli_env: dict[str, str]
     path = tmp_path / "c.toml"
     path.write_text("[agent]\ntick_s = 0.5\n[synthetic]\npower_w = 250\n")
     env = {**cli_env, "INFERMETER_CONFIG": str(path), "INFERMETER_DB": "sqlite:////tmp/x.db"}
-    r = subprocess.run(
-        [*infermeter_cmd(), "config", "show", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    r = run_cli(env, "config", "show", "--json", check=True)
     out = json.loads(r.stdout)
     assert out["file"] == str(path)
     assert out["values"]["agent.tick_s"] == {"value": 0.5, "source": f"file {path}"}

@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
-from support import TESTS, infermeter_cmd
+from support import TESTS, run_cli
 
 from infermeter import hookimpl, hookspecs
 from infermeter.config import CORE_OPTIONS, Option, build_config
@@ -116,14 +116,7 @@ def test_blocked_plugin_is_not_loaded() -> None:
 
 
 def test_third_party_plugin_is_listed(cli_env: dict[str, str]) -> None:
-    r = subprocess.run(
-        [*infermeter_cmd(), "plugins", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    r = run_cli(cli_env, "plugins", "--json", check=True)
     out = json.loads(r.stdout)
     synthetic = [p for p in out["plugins"] if p["name"] == "synthetic"]
     assert synthetic == [
@@ -140,26 +133,12 @@ def test_third_party_plugin_is_listed(cli_env: dict[str, str]) -> None:
             "module": "infermeter_synthetic",
         }
     ]
-    r = subprocess.run(
-        [*infermeter_cmd(), "plugins"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    r = run_cli(cli_env, "plugins", check=True)
     assert "infermeter-synthetic" in r.stdout and "1.2.3" in r.stdout
 
 
 def test_disabled_in_config_is_not_listed(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[plugins]\ndisabled = ["synthetic"]\n')
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(path), "plugins", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    r = run_cli(cli_env, "--config", str(path), "plugins", "--json", check=True)
     assert "synthetic" not in {p["name"] for p in json.loads(r.stdout)["plugins"]}

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import infermeter_cmd, run_cli
+from support.waiting import collect
 
-from infermeter.records import Span
 from infermeter.spans.receiver import SocketReceiver
 
 # Real agents and applications as subprocesses: `make test-fast` leaves them out.
@@ -50,15 +49,6 @@ def env_for(receiver: SocketReceiver, pythonpath: str | None = None) -> dict[str
         env["PYTHONPATH"] = pythonpath
     env["INFERMETER_SOCKET"] = receiver.path
     return env
-
-
-def collect(receiver: SocketReceiver, n: int, timeout: float = 10.0) -> list[Span]:
-    got: list[Span] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(receiver.drain())
-        time.sleep(0.02)
-    return got
 
 
 def run_exec(
@@ -149,12 +139,8 @@ def test_the_exit_code_and_signals_pass_through(receiver: SocketReceiver) -> Non
 
 
 def test_options_after_the_program_belong_to_the_program(receiver: SocketReceiver) -> None:
-    proc = subprocess.run(
-        [*infermeter_cmd(), "exec", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-v"],
-        env=env_for(receiver),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_cli(
+        env_for(receiver), "exec", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-v"
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['-v']"
@@ -163,22 +149,8 @@ def test_options_after_the_program_belong_to_the_program(receiver: SocketReceive
 def test_the_socket_option_reaches_every_process(receiver: SocketReceiver) -> None:
     env = env_for(receiver)
     del env["INFERMETER_SOCKET"]
-    proc = subprocess.run(
-        [
-            *infermeter_cmd(),
-            "exec",
-            "--socket",
-            receiver.path,
-            "--",
-            sys.executable,
-            "-c",
-            CHILD,
-            "option",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_cli(
+        env, "exec", "--socket", receiver.path, "--", sys.executable, "-c", CHILD, "option"
     )
     assert proc.returncode == 0, proc.stderr
     assert [s.model for s in collect(receiver, 1)] == ["option"]

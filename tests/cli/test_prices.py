@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from support import infermeter_cmd
+from support import run_cli
 
 from infermeter.cli.prices import days_text
 
@@ -28,14 +27,8 @@ A100 = {purchase = 15000, years = 4, upkeep_per_year = 1200}
 """
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*infermeter_cmd(), *args], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_default_card_and_its_sources(cli_env: dict[str, str]) -> None:
-    done = run(cli_env, "prices")
+    done = run_cli(cli_env, "prices")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for text in ("example-2026-11", "0.13 USD/kWh", "1.58", "475 gCO2e/kWh", "0.045 USD/vCPU-hour"):
@@ -50,7 +43,7 @@ def test_default_card_and_its_sources(cli_env: dict[str, str]) -> None:
 def test_a_config_file_card_names_its_file(cli_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "card.toml"
     config.write_text(CARD)
-    done = run(cli_env, "--config", str(config), "prices")
+    done = run_cli(cli_env, "--config", str(config), "prices")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
 
@@ -73,7 +66,7 @@ def test_a_config_file_card_names_its_file(cli_env: dict[str, str], tmp_path: Pa
 def test_json(cli_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "card.toml"
     config.write_text(CARD)
-    done = run(cli_env, "--config", str(config), "prices", "--json")
+    done = run_cli(cli_env, "--config", str(config), "prices", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["version"] == "acme-2026-12" and data["currency"] == "EUR"
@@ -93,7 +86,7 @@ def test_json(cli_env: dict[str, str], tmp_path: Path) -> None:
 def test_pricing_disabled(cli_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "off.toml"
     config.write_text('[plugins]\ndisabled = ["core.pricing"]\n')
-    done = run(cli_env, "--config", str(config), "prices")
+    done = run_cli(cli_env, "--config", str(config), "prices")
     assert done.returncode == 0, done.stderr
     assert "no price card" in done.stdout and "unpriced" in done.stdout
 
@@ -101,7 +94,7 @@ def test_pricing_disabled(cli_env: dict[str, str], tmp_path: Path) -> None:
 def test_a_bad_card_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[prices]\ntimezone = "Mars/Olympus"\n')
-    done = run(cli_env, "--config", str(config), "prices")
+    done = run_cli(cli_env, "--config", str(config), "prices")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "prices.timezone" in done.stderr
 

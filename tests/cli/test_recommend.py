@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 from support.recommend_stats import GPU, PRICES, WINDOW, bursty, config, stats
 
 from infermeter import hookimpl
@@ -255,12 +255,18 @@ def capped_db(db: Path) -> tuple[Path, Recommendation]:
     return db, cap
 
 
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> SettableStandIn:
+    """The NVML stand-in the power-cap plugin is given instead of pynvml, for this test."""
+    nvml = SettableStandIn()
+    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: nvml)
+    return nvml
+
+
 def test_apply_power_cap_without_yes_sets_nothing(
-    capped_db: tuple[Path, Recommendation], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capped_db: tuple[Path, Recommendation], tmp_path: Path, standin: SettableStandIn
 ) -> None:
     db, cap = capped_db
-    standin = SettableStandIn()
-    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id)
     assert result.exit_code == 0
     watts = cap.evidence["suggested_limit_w"]
@@ -271,11 +277,9 @@ def test_apply_power_cap_without_yes_sets_nothing(
 
 
 def test_apply_power_cap_with_yes_sets_it_through_nvml(
-    capped_db: tuple[Path, Recommendation], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capped_db: tuple[Path, Recommendation], tmp_path: Path, standin: SettableStandIn
 ) -> None:
     db, cap = capped_db
-    standin = SettableStandIn()
-    monkeypatch.setattr(recommend_powercap, "nvml_module", lambda: standin)
     result = invoke(db, tmp_path, "apply", cap.stable_id[:10], "--yes")
     assert result.exit_code == 0, result.output
     watts = cap.evidence["suggested_limit_w"]
@@ -298,13 +302,7 @@ def test_apply_power_cap_without_the_gpu_exits_2_with_one_line(
     capped_db: tuple[Path, Recommendation], tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     db, cap = capped_db
-    result = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "apply", cap.stable_id, "--yes"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(cli_env, "--db", f"sqlite:///{db}", "apply", cap.stable_id, "--yes")
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -330,8 +328,7 @@ def test_apply_hands_advice_to_the_plugin_that_carries_it_out(
     engine.dispose()
 
     def apply(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [*infermeter_cmd(), "--db", f"sqlite:///{db}", "apply", mine.stable_id, *args]
-        return subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
+        return run_cli(cli_env, "--db", f"sqlite:///{db}", "apply", mine.stable_id, *args)
 
     dry = apply()
     assert dry.returncode == 0, dry.stderr

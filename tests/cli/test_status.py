@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from support import infermeter_cmd
+from support import run_cli
 
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.quarantine import quarantine
 from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY
 from infermeter.store.writer import Store
-
-
-def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*infermeter_cmd(), *args], env=env, capture_output=True, text=True, timeout=60
-    )
-
 
 HOSTILE = "tenant \x1b]0;owned\x07\x1b[2J"  # retitles and clears a terminal
 
@@ -44,7 +36,7 @@ def test_status_prints_each_host_with_stored_text_made_harmless(
     db_url: str, cli_env: dict[str, str]
 ) -> None:
     _store_with_quarantine(db_url)
-    r = im(cli_env, "--db", db_url, "status", "--latest", "2")
+    r = run_cli(cli_env, "--db", db_url, "status", "--latest", "2")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "\x1b" not in out and "\x07" not in out
@@ -61,7 +53,7 @@ def test_status_prints_each_host_with_stored_text_made_harmless(
 
 def test_status_json_keeps_the_text_verbatim(db_url: str, cli_env: dict[str, str]) -> None:
     _store_with_quarantine(db_url)
-    r = im(cli_env, "--db", db_url, "status", "--json")
+    r = run_cli(cli_env, "--db", db_url, "status", "--json")
     assert r.returncode == 0, r.stderr
     hosts = json.loads(r.stdout)["hosts"]
     assert [h["host"] for h in hosts] == ["h\x1b[31m1", None]
@@ -79,13 +71,13 @@ def test_status_of_a_missing_or_empty_store_is_one_line_and_exit_2(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     missing = tmp_path / "none.db"
-    r = im(cli_env, "--db", f"sqlite:///{missing}", "status")
+    r = run_cli(cli_env, "--db", f"sqlite:///{missing}", "status")
     assert r.returncode == 2
     assert r.stderr.strip() == f"infermeter: error: no store at {missing}"
     assert not missing.exists()  # looking created nothing
     empty = tmp_path / "empty.db"
     empty.touch()
-    r = im(cli_env, "--db", f"sqlite:///{empty}", "status")
+    r = run_cli(cli_env, "--db", f"sqlite:///{empty}", "status")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("infermeter: error: store sqlite:///")
     assert "is empty" in r.stderr

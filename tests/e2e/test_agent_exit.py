@@ -10,16 +10,13 @@ third of such an application's spans missing, nothing counted anywhere.
 from __future__ import annotations
 
 import re
-import signal
-import sqlite3
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import run_cli
+from support.agent_run import TEST_METER_ONLY, RunningAgent, sqlite_rows
 
 # Real agents and applications as subprocesses: `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
@@ -45,48 +42,24 @@ print(os.getpid(), flush=True)
 """
 
 
-class Agent:
-    """`infermeter run` on a SQLite file, its log in a file the test can poll."""
+class Agent(RunningAgent):
+    """`infermeter run` on a SQLite file, metering the test plugin's constant power."""
 
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
         self.db = tmp_path / "store.db"
-        self.log = tmp_path / "agent.log"
         config = tmp_path / "agent.toml"
         config.write_text(
             "[agent]\ntick_s = 0.25\nflush_s = 0.5\nspan_lag_s = 0.5\n"
-            "rollup_s = 3600\nrecommend_s = 3600\n"
-            '[plugins]\ndisabled = ["core.nvml", "core.rapl", "core.cpu_estimate"]\n'
+            "rollup_s = 3600\nrecommend_s = 3600\n" + TEST_METER_ONLY
         )
-        self._err = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{self.db}", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._err,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, what: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not what():
-            assert self.proc.poll() is None, self.text()
-            assert time.monotonic() < deadline, self.text()
-            time.sleep(0.1)
+        super().__init__(env, config, f"sqlite:///{self.db}", tmp_path / "agent.log")
 
     def stored(self) -> dict[str, int]:
         """Model calls stored, by model name."""
-        if not self.db.exists():
-            return {}
-        try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
-                rows = conn.execute(
-                    "SELECT m.name, count(*) FROM requests r JOIN models m ON m.id = r.model_id "
-                    "GROUP BY 1"
-                ).fetchall()
-        except sqlite3.OperationalError:
-            return {}  # not migrated yet
+        rows = sqlite_rows(
+            self.db,
+            "SELECT m.name, count(*) FROM requests r JOIN models m ON m.id = r.model_id GROUP BY 1",
+        )
         return {name: n for name, n in rows}
 
     def told_dropped(self, pid: int) -> int:
@@ -98,24 +71,14 @@ class Agent:
         found = re.findall(r"model calls not stored: .* \((\d+) in all\)", self.text())
         return int(found[-1]) if found else 0
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._err.close()
-        return code
-
 
 @pytest.fixture
 def agent(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[tuple[Agent, dict[str, str]]]:
     sock = tmp_path / "run" / "spans.sock"
     env = {**cli_env, "INFERMETER_SOCKET": str(sock)}
-    a = Agent(tmp_path, env)
-    try:
-        a.wait_for(sock.exists)
+    with Agent(tmp_path, env) as a:
+        a.wait_for(sock.exists, "the span socket")
         yield a, env
-    finally:
-        if a.proc.poll() is None:
-            a.stop()
 
 
 def run_app(env: dict[str, str], life: int, burst: int) -> tuple[int, int]:
@@ -124,13 +87,7 @@ def run_app(env: dict[str, str], life: int, burst: int) -> tuple[int, int]:
     Untold: dropped at exit when even the count could not reach the agent
     (its queue full for the whole 30 ms kept for it, on a very busy machine).
     """
-    r = subprocess.run(
-        [*infermeter_cmd(), "exec", "--", sys.executable, "-c", APP, str(life), str(burst)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(env, "exec", "--", sys.executable, "-c", APP, str(life), str(burst))
     assert r.returncode == 0, r.stderr
     found = re.findall(r"infermeter: (\d+) spans dropped that the agent .* not told of", r.stderr)
     return int(r.stdout), sum(int(n) for n in found)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import infermeter_cmd
+from support import run_cli
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -121,13 +121,7 @@ def test_record_then_replay_on_this_machine(
 ) -> None:
     ort, idle = servers
     out = tmp_path / "trace"
-    r = subprocess.run(
-        [*infermeter_cmd(), "record", "--out", str(out), "--seconds", "3"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(cli_env, "record", "--out", str(out), "--seconds", "3")
     assert r.returncode == 0, r.stderr
     assert "recorders cpu_times" in r.stdout
     files = {p.name for p in out.iterdir()}
@@ -138,23 +132,11 @@ def test_record_then_replay_on_this_machine(
     rows = [json.loads(x) for x in (out / "cpu_times.jsonl").open()]
     assert len(rows) >= 10 and str(ort.pid) in rows[-1]["procs"]
 
-    again = subprocess.run(
-        [*infermeter_cmd(), "record", "--out", str(out), "--seconds", "1"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run_cli(cli_env, "record", "--out", str(out), "--seconds", "1")
     assert again.returncode == 2 and "is not empty" in again.stderr
 
     db = tmp_path / "r.db"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(out)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(cli_env, "--db", f"sqlite:///{db}", "replay", str(out))
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(db) as conn:
         got = conn.execute(

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from support import FIXTURES
-from support.pg import PG_ADMIN_URL, require_pg
+from support.pg import PG_ADMIN_URL, fresh_database
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -73,21 +73,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pg_template() -> Iterator[str]:
-    require_pg()
-    name = f"infermeter_tpl_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = open_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
+    """A migrated database each example's is copied from: its name."""
+    with fresh_database() as url:
+        engine = open_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        name = make_url(url).database
+        assert name is not None
         yield name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Stores:

@@ -23,19 +23,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from support import infermeter_cmd
+from support import run_cli
+from support.agent_run import TEST_METER_ONLY, RunningAgent
 
 from infermeter.store import schema
 from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY
@@ -60,54 +59,31 @@ def _config(tmp_path: Path) -> Path:
         f'[agent]\nhost = "{HOST}"\ntick_s = 0.2\nflush_s = 0.5\nspan_lag_s = 0.5\n'
         "rollup_s = 1\nretention_s = 1\n"
         "[store]\nretention_days = 1\n"
-        "[synthetic]\ndevices = 1\npower_w = 100.0\nidle_w = 40.0\n"
-        '[plugins]\ndisabled = ["core.nvml", "core.rapl", "core.cpu_estimate"]\n'
+        "[synthetic]\ndevices = 1\npower_w = 100.0\nidle_w = 40.0\n" + TEST_METER_ONLY
     )
     return path
 
 
-class Agent:
-    """`infermeter run` on ``url``, its stderr in a file (a pipe could fill and block it)."""
+class Agent(RunningAgent):
+    """`infermeter run` on ``url``, with a sender of crafted datagrams to its socket ``sock``."""
 
     def __init__(self, tmp_path: Path, env: dict[str, str], url: str, sock: Path) -> None:
         self.sock = sock
-        self.log = tmp_path / "agent.log"
-        self._err = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [*infermeter_cmd(), "--config", str(_config(tmp_path)), "--db", url, "run"],
-            env={**env, "INFERMETER_SOCKET": str(sock)},
-            stdout=subprocess.DEVNULL,
-            stderr=self._err,
-            text=True,
-        )
-        self.wait(sock.exists, "the agent never bound its socket")
-
-    def wait(self, cond: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self.proc.poll() is None, f"the agent exited: {self.log.read_text()}"
-            assert time.monotonic() < deadline, f"{what}\n{self.log.read_text()}"
-            time.sleep(0.1)
+        env = {**env, "INFERMETER_SOCKET": str(sock)}
+        super().__init__(env, _config(tmp_path), url, tmp_path / "agent.log")
+        self.wait_for(sock.exists, "the span socket")
 
     def send(self, *spans: list[Any], dropped: int = 0) -> None:
         data = json.dumps({"v": 1, "d": dropped, "s": list(spans)}).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(data, str(self.sock))
 
-    def stop(self) -> str:
+    def finish(self) -> str:
         """SIGTERM; the agent must exit 0. Returns its log."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self._err.close()
-        log = self.log.read_text()
-        assert self.proc.returncode == 0, log
+        code = self.stop()
+        log = self.text()
+        assert code == 0, log
         return log
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=60)
-        self._err.close()
 
 
 def span(model: str, t0: float, **fields: Any) -> list[Any]:
@@ -158,13 +134,7 @@ def _final_flush(log: str) -> int:
 
 
 def _status(env: dict[str, str], url: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [*infermeter_cmd(), "--db", url, "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_cli(env, "--db", url, "status", "--json")
     assert out.returncode == 0, out.stderr
     hosts = {h["host"]: h for h in json.loads(out.stdout)["hosts"]}
     return dict(hosts[HOST])
@@ -182,26 +152,26 @@ def test_case_1_strings_the_store_cannot_hold_are_cleaned_and_nothing_else_is_lo
         agent.send(span("m", t + 0.1, request_id="nul\x00id", tenant="acme\x00"))
         agent.send(span("m", t + 0.2, request_id="r" * 256, tenant="t" * 256))
         agent.send(span("m", t + 0.3, request_id="tag", tags={"k\x00": "v\udfff"}))
-        agent.wait(lambda: len(_calls(engine)) >= 4, "the cleaned calls were never stored")
+        agent.wait_for(lambda: len(_calls(engine)) >= 4, "the cleaned calls to be stored")
         # Later spans are stored too: the flush is not stuck behind the first ones.
         agent.send(*(span("m", t + 1 + i, request_id=f"after-{i}") for i in range(3)))
-        agent.wait(lambda: len(_calls(engine)) >= 7, "the spans after them were never stored")
+        agent.wait_for(lambda: len(_calls(engine)) >= 7, "the spans after them to be stored")
         last_t1 = t + 3.01
         # The rollups pass them: their completion point moves beyond the last call.
-        agent.wait(
-            lambda: (_state(engine, COMPLETE_KEY) or 0) > last_t1, "the rollups never passed"
+        agent.wait_for(
+            lambda: (_state(engine, COMPLETE_KEY) or 0) > last_t1, "the rollups to pass them"
         )
         # Seven strings changed: the surrogate tenant, the NUL request id and tenant,
         # the 256-character request id and tenant, the tag key and the tag value.
-        agent.wait(
+        agent.wait_for(
             lambda: (
                 ((_state(engine, "span_sources") or {}).get("socket") or {}).get("strings_changed")
                 == 7
             ),
-            "the changed strings were never counted",
+            "the changed strings to be counted",
         )
     finally:
-        log = agent.stop() if agent.proc.poll() is None else agent.log.read_text()
+        log = agent.finish() if agent.proc.poll() is None else agent.text()
     assert _final_flush(log) > 0, "the final flush wrote nothing"
     assert "span strings from pid" in log and "replaced or cut to fit the store" in log
     calls = _calls(engine)
@@ -326,13 +296,7 @@ def _seed_old_agent_rows(engine: Engine, now: float) -> tuple[float, float, floa
 def test_case_4_huge_counts_and_a_poisoned_hour_never_wedge_the_rollups(
     tmp_path: Path, cli_env: dict[str, str], db_url: str, sock_path: Path
 ) -> None:
-    upgrade = subprocess.run(
-        [*infermeter_cmd(), "--db", db_url, "db", "upgrade"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    upgrade = run_cli(cli_env, "--db", db_url, "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     engine = create_engine(db_url)
     sqlite = engine.dialect.name == "sqlite"
@@ -344,23 +308,29 @@ def test_case_4_huge_counts_and_a_poisoned_hour_never_wedge_the_rollups(
         agent.send(*huge, span("m", t + 2, items=3, request_id="beside"))  # refused alone
         agent.send(*huge)  # a datagram of nothing valid: refused whole
         agent.send(span("m", t + 3, items=5, request_id="after"))
-        agent.wait(lambda: {"beside", "after"} <= set(_calls(engine)), "good spans not stored")
-        agent.wait(lambda: (_state(engine, COMPLETE_KEY) or 0) > t + 4, "the rollups never passed")
-        agent.wait(lambda: _state(engine, FAILED_KEY) == [poisoned], "the failure not recorded")
-        # Retention runs every second: the old hour's shares go, the poisoned hour's stay.
-        agent.wait(
-            lambda: not _query(engine, "SELECT 1 FROM usage_shares WHERE t0 < :h", h=poisoned),
-            "retention never pruned the old hour that was rolled up",
+        agent.wait_for(
+            lambda: {"beside", "after"} <= set(_calls(engine)), "the good spans to be stored"
         )
-        agent.wait(
+        agent.wait_for(
+            lambda: (_state(engine, COMPLETE_KEY) or 0) > t + 4, "the rollups to pass them"
+        )
+        agent.wait_for(
+            lambda: _state(engine, FAILED_KEY) == [poisoned], "the failure to be recorded"
+        )
+        # Retention runs every second: the old hour's shares go, the poisoned hour's stay.
+        agent.wait_for(
+            lambda: not _query(engine, "SELECT 1 FROM usage_shares WHERE t0 < :h", h=poisoned),
+            "retention to prune the old hour that was rolled up",
+        )
+        agent.wait_for(
             lambda: (
                 ((_state(engine, "span_sources") or {}).get("socket") or {}).get("invalid_span")
                 == 2
             ),
-            "the refused spans were never counted",
+            "the refused spans to be counted",
         )
     finally:
-        log = agent.stop() if agent.proc.poll() is None else agent.log.read_text()
+        log = agent.finish() if agent.proc.poll() is None else agent.text()
     assert _final_flush(log) > 0
     calls = _calls(engine)
     assert calls["beside"] == (None, 3) and calls["after"] == (None, 5)

@@ -13,18 +13,17 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, infermeter_cmd, run_cli
+from support.agent_run import RunningAgent, sqlite_rows
 
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
@@ -146,11 +145,7 @@ def test_only_the_agent_warns_about_an_open_store(
 
 
 def stored_cmdlines(db: Path) -> dict[int, str]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return dict(conn.execute("SELECT pid, cmdline FROM targets").fetchall())
-    except sqlite3.OperationalError:
-        return {}  # not created or not migrated yet
+    return dict(sqlite_rows(db, "SELECT pid, cmdline FROM targets"))
 
 
 def secrets_in(*paths: Path) -> list[tuple[str, bytes]]:
@@ -174,19 +169,13 @@ def test_run_keeps_a_private_store_without_the_secrets(
         '[plugins]\ndisabled = ["core.nvml", "core.rapl", "synthetic"]\n' + RULE
     )
     db = folder / "infermeter.db"
-    agent = subprocess.Popen(
-        [*infermeter_cmd(), "--config", str(config), "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = RunningAgent(env, config, None, tmp_path / "agent.log")
     try:
-        deadline = time.monotonic() + 60
-        while secret_process.pid not in stored_cmdlines(db):
-            assert agent.poll() is None, agent.communicate()
-            assert time.monotonic() < deadline, "the marked process never reached the store"
-            time.sleep(0.2)
+        agent.wait_for(
+            lambda: secret_process.pid in stored_cmdlines(db),
+            "the marked process to reach the store",
+            poll_s=0.2,
+        )
         wal, shm = folder / "infermeter.db-wal", folder / "infermeter.db-shm"
         assert wal.exists() and shm.exists(), "the running agent holds the WAL open"
         assert mode(folder) == 0o700
@@ -198,9 +187,8 @@ def test_run_keeps_a_private_store_without_the_secrets(
         assert stored_cmdlines(db)[secret_process.pid] == expected_cmdline()
         assert secrets_in(db, wal) == []
     finally:
-        agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err
+        code = agent.stop()
+    assert code == 0, agent.text()
     assert secrets_in(db, folder / "infermeter.db-wal") == []
     assert mode(db) == 0o600
 
@@ -212,13 +200,7 @@ def test_record_writes_a_private_trace_without_the_secrets(
     config = tmp_path / "agent.toml"
     config.write_text('[plugins]\ndisabled = ["synthetic"]\n' + RULE)
     out = tmp_path / "trace"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(config), "record", "--out", str(out), "--seconds", "2"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(cli_env, "--config", str(config), "record", "--out", str(out), "--seconds", "2")
     assert r.returncode == 0, r.stderr
     assert mode(out) == 0o700 and mode(out / "processes.jsonl") == 0o600
     recorded = [json.loads(line) for line in (out / "processes.jsonl").read_text().splitlines()]
@@ -241,13 +223,7 @@ def test_replay_of_a_trace_recorded_before_redaction_stores_none(
     (trace / "processes.jsonl").write_text(json.dumps(line) + "\n")
     folder = tmp_path / "data" / "infermeter"
     env = {**cli_env, "INFERMETER_DATA_DIR": str(folder)}
-    r = subprocess.run(
-        [*infermeter_cmd(), "replay", "--no-progress", str(trace)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_cli(env, "replay", "--no-progress", str(trace))
     assert r.returncode == 0, r.stderr
     db = folder / "infermeter.db"
     assert mode(folder) == 0o700 and mode(db) == 0o600

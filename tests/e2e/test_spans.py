@@ -4,7 +4,6 @@ into a running agent, and into the store as model calls with their energy."""
 from __future__ import annotations
 
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import FIXTURES, infermeter_cmd
+from support.agent_run import RunningAgent
 
 pytestmark = pytest.mark.slow
 
@@ -75,22 +75,12 @@ def test_three_runtimes_reach_the_store(tmp_path: Path, cli_env: dict[str, str])
         '[plugins]\ndisabled = ["synthetic"]\n'
     )
     db = tmp_path / "store.db"
-    agent = subprocess.Popen(
-        [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{db}", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = RunningAgent(env, config, f"sqlite:///{db}", tmp_path / "agent.log")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(FIXTURES / "models" / "tiny_fc.tflite", models)
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert agent.poll() is None, agent.communicate()
-            assert time.monotonic() < deadline, "the agent never bound its socket"
-            time.sleep(0.1)
+        agent.wait_for(sock.exists, "the span socket")
         clients = {
             rt: subprocess.Popen(
                 [
@@ -118,9 +108,8 @@ def test_three_runtimes_reach_the_store(tmp_path: Path, cli_env: dict[str, str])
             assert "done" in out
         time.sleep(1.0)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        _, agent_err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, agent_err
+        code = agent.stop()
+    assert code == 0, agent.text()
 
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
@@ -199,30 +188,14 @@ def test_agent_away_100k_calls_then_the_agent_hears_of_100k_drops(
     assert app.stdout.readline().strip() == "looped", app.stderr
     config = tmp_path / "agent.toml"
     config.write_text("[agent]\ntick_s = 0.2\nflush_s = 0.4\n")
-    agent = subprocess.Popen(
-        [
-            *infermeter_cmd(),
-            "--config",
-            str(config),
-            "--db",
-            f"sqlite:///{tmp_path / 's.db'}",
-            "run",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = RunningAgent(env, config, f"sqlite:///{tmp_path / 's.db'}", tmp_path / "agent.log")
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert agent.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        agent.wait_for(sock.exists, "the span socket", poll_s=0.05)
         go.touch()
         _, app_err = app.communicate(timeout=60)
         assert app.returncode == 0, app_err
     finally:
-        agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err
+        code = agent.stop()
+    err = agent.text()
+    assert code == 0, err
     assert f"by sender pid: {{{app.pid}: 100000}}" in err, err

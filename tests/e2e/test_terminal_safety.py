@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from support import infermeter_cmd
+from support.agent_run import RunningAgent
 from support.terminal import Screen
 
 from infermeter.cli.recommend import render as render_recommendations
@@ -155,16 +155,10 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     )
     db = folder / "store.db"
     base = [*infermeter_cmd(), "--config", str(config), "--db", f"sqlite:///{db}"]
-    agent = subprocess.Popen(
-        [*base, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    agent = RunningAgent(env, config, f"sqlite:///{db}", folder / "agent.log")
     sock = Path(env["INFERMETER_SOCKET"])
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert agent.poll() is None, agent.communicate()
-            assert time.monotonic() < deadline, "the agent never bound its socket"
-            time.sleep(0.1)
+        agent.wait_for(sock.exists, "the span socket")
         client = subprocess.run(
             [
                 *base,
@@ -185,9 +179,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
         assert b"done" in client.stdout
         time.sleep(1.0)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err.decode(errors="replace")
+        code = agent.stop()
+    err = agent.log.read_bytes()
+    assert code == 0, err.decode(errors="replace")
     engine = open_engine(f"sqlite:///{db}")
     try:
         upsert(engine, [_advice(SUBJECT)], time.time())

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 from support import ROOT
-from support.chargeback_data import fill, fingerprint, normalise, sort_key
-from support.pg import fresh_database
+from support.chargeback_data import filled_stores, fingerprint, normalise, sort_key
 
 from infermeter.export.chargeback import VIEW_NAMES, VIEWS_0002
 from infermeter.store import migrate
@@ -31,11 +30,8 @@ EXAMPLES = sorted(SQL_DIR.glob("*.sql"))
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    sqlite = f"sqlite:///{tmp_path_factory.mktemp('chargeback') / 'cb.db'}"
-    with fresh_database() as pg:
-        fill(sqlite)
-        fill(pg)
-        yield {"sqlite": sqlite, "postgresql": pg}
+    with filled_stores(tmp_path_factory.mktemp("chargeback")) as urls:
+        yield urls
 
 
 def query(url: str, sql: str) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
@@ -100,32 +96,23 @@ def test_every_view_and_example_is_documented() -> None:
 
 def test_usage_views_add_up_to_the_rollups(stores: dict[str, str]) -> None:
     for url in stores.values():
-        engine = open_engine(url)
-        with engine.connect() as conn:
-            table = conn.execute(
-                text(
-                    "SELECT SUM(energy_j) / 3600000.0, SUM(energy_cost), SUM(capacity_cost), "
-                    "SUM(carbon_g) / 1000.0, COUNT(*), SUM(CASE WHEN energy_cost IS NULL OR "
-                    "capacity_cost IS NULL OR carbon_g IS NULL THEN 1 ELSE 0 END) "
-                    "FROM usage_hourly"
-                )
-            ).one()
-            for view in (
-                "v_cost_by_model_day",
-                "v_cost_by_tenant_month",
-                "v_cost_by_target_device",
-            ):
-                sums = conn.execute(
-                    text(
-                        "SELECT SUM(energy_kwh), SUM(energy_cost), SUM(capacity_cost), "
-                        f"SUM(carbon_kg), SUM(hourly_rows), SUM(unpriced_rows) FROM {view}"
-                    )
-                ).one()
-                for got, want in zip(sums[:4], table[:4], strict=True):
-                    assert math.isclose(got, want, rel_tol=1e-9), (view, got, want)
-                assert int(sums[4]) == table[4] and int(sums[5]) == table[5]
-            assert table[5] > 0  # the encoder host's rows are unpriced
-        engine.dispose()
+        _, (table,) = run_query(
+            url,
+            "SELECT SUM(energy_j) / 3600000.0, SUM(energy_cost), SUM(capacity_cost), "
+            "SUM(carbon_g) / 1000.0, COUNT(*), SUM(CASE WHEN energy_cost IS NULL OR "
+            "capacity_cost IS NULL OR carbon_g IS NULL THEN 1 ELSE 0 END) "
+            "FROM usage_hourly",
+        )
+        for view in ("v_cost_by_model_day", "v_cost_by_tenant_month", "v_cost_by_target_device"):
+            _, (sums,) = run_query(
+                url,
+                "SELECT SUM(energy_kwh), SUM(energy_cost), SUM(capacity_cost), "
+                f"SUM(carbon_kg), SUM(hourly_rows), SUM(unpriced_rows) FROM {view}",
+            )
+            for got, want in zip(sums[:4], table[:4], strict=True):
+                assert math.isclose(got, want, rel_tol=1e-9), (view, got, want)
+            assert int(sums[4]) == table[4] and int(sums[5]) == table[5]
+        assert table[5] > 0  # the encoder host's rows are unpriced
 
 
 def test_unpriced_stays_null(stores: dict[str, str]) -> None:
@@ -166,15 +153,11 @@ def test_calendar_columns_are_utc(stores: dict[str, str]) -> None:
 
 def expected_request_costs(url: str) -> dict[str, list[float | None]]:
     """Cost of each request per model, computed here from the calls."""
-    engine = open_engine(url)
-    with engine.connect() as conn:
-        calls = conn.execute(
-            text(
-                "SELECT r.id, m.name, r.request_id, r.energy_cost, r.capacity_cost "
-                "FROM requests r JOIN models m ON m.id = r.model_id"
-            )
-        ).all()
-    engine.dispose()
+    _, calls = run_query(
+        url,
+        "SELECT r.id, m.name, r.request_id, r.energy_cost, r.capacity_cost "
+        "FROM requests r JOIN models m ON m.id = r.model_id",
+    )
     groups: dict[tuple[str, Any], list[Any]] = defaultdict(list)
     for call_id, model, request_id, energy, capacity in calls:
         key = request_id if request_id is not None else ("lone call", call_id)

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -21,9 +20,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from support import infermeter_cmd
-from support.chargeback_data import fill
-from support.pg import fresh_database
+from support import run_cli
+from support.chargeback_data import filled_stores
 
 from infermeter.errors import InfermeterError
 from infermeter.export import focus
@@ -89,17 +87,8 @@ DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    sqlite = f"sqlite:///{tmp_path_factory.mktemp('focus') / 'focus.db'}"
-    with fresh_database() as pg:
-        fill(sqlite)
-        fill(pg)
-        yield {"sqlite": sqlite, "postgresql": pg}
-
-
-def im(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*infermeter_cmd(), *args], env=env, capture_output=True, text=True, timeout=120
-    )
+    with filled_stores(tmp_path_factory.mktemp("focus")) as urls:
+        yield urls
 
 
 def store_sums(url: str) -> dict[str, Any]:
@@ -192,7 +181,7 @@ def test_the_column_list_is_focus_1_2() -> None:
 def test_csv_export_follows_the_spec_and_totals_the_store(
     stores: dict[str, str], cli_env: dict[str, str], db: str
 ) -> None:
-    r = im(cli_env, "--db", stores[db], "export", "focus", "--month", MONTH)
+    r = run_cli(cli_env, "--db", stores[db], "export", "focus", "--month", MONTH)
     assert r.returncode == 0, r.stderr
     header, rows = read_csv(r.stdout)
     assert header == [c.name for c in focus.EXPORT_COLUMNS]
@@ -242,7 +231,7 @@ def test_csv_export_follows_the_spec_and_totals_the_store(
 
 def test_both_databases_export_the_same(stores: dict[str, str], cli_env: dict[str, str]) -> None:
     exports = [
-        read_csv(im(cli_env, "--db", url, "export", "focus", "--month", MONTH).stdout)[1]
+        read_csv(run_cli(cli_env, "--db", url, "export", "focus", "--month", MONTH).stdout)[1]
         for url in stores.values()
     ]
     types = {c.name: c.data_type for c in focus.EXPORT_COLUMNS}
@@ -263,15 +252,15 @@ def test_csv_and_parquet_files(
     import pyarrow.parquet as pq
 
     url = stores["sqlite"]
-    stdout = im(cli_env, "--db", url, "export", "focus", "--month", MONTH).stdout
+    stdout = run_cli(cli_env, "--db", url, "export", "focus", "--month", MONTH).stdout
     out_csv = tmp_path / "bill.csv"
-    r = im(cli_env, "--db", url, "export", "focus", "--month", MONTH, "--out", str(out_csv))
+    r = run_cli(cli_env, "--db", url, "export", "focus", "--month", MONTH, "--out", str(out_csv))
     assert r.returncode == 0, r.stderr
     assert out_csv.read_text() == stdout
     assert r.stdout.startswith("exported ") and str(out_csv) in r.stdout
 
     out_pq = tmp_path / "bill.parquet"
-    r = im(cli_env, "--db", url, "export", "focus", "--month", MONTH, "--out", str(out_pq))
+    r = run_cli(cli_env, "--db", url, "export", "focus", "--month", MONTH, "--out", str(out_pq))
     assert r.returncode == 0, r.stderr
     table = pq.read_table(out_pq)
     assert table.column_names == [c.name for c in focus.EXPORT_COLUMNS]
@@ -299,7 +288,7 @@ def test_csv_and_parquet_files(
 
 @pytest.mark.parametrize("month", ["2026-13", "2026-1", "November", "2026-00", "26-11", ""])
 def test_bad_month_is_one_line(stores: dict[str, str], cli_env: dict[str, str], month: str) -> None:
-    r = im(cli_env, "--db", stores["sqlite"], "export", "focus", "--month", month)
+    r = run_cli(cli_env, "--db", stores["sqlite"], "export", "focus", "--month", month)
     assert r.returncode == 2
     assert r.stdout == ""
     assert r.stderr.strip() == (
@@ -310,12 +299,14 @@ def test_bad_month_is_one_line(stores: dict[str, str], cli_env: dict[str, str], 
 def test_bad_out_suffix_and_missing_store(
     stores: dict[str, str], cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    r = im(cli_env, "--db", stores["sqlite"], "export", "focus", "--month", MONTH, "--out", "x.xls")
+    r = run_cli(
+        cli_env, "--db", stores["sqlite"], "export", "focus", "--month", MONTH, "--out", "x.xls"
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "infermeter: error: --out must end in .csv or .parquet, not 'x.xls'"
     ]
     absent = tmp_path / "absent.db"
-    r = im(cli_env, "--db", f"sqlite:///{absent}", "export", "focus", "--month", MONTH)
+    r = run_cli(cli_env, "--db", f"sqlite:///{absent}", "export", "focus", "--month", MONTH)
     assert r.returncode == 2 and r.stderr.strip() == f"infermeter: error: no store at {absent}"
     assert not absent.exists()
 
@@ -323,7 +314,7 @@ def test_bad_out_suffix_and_missing_store(
 def test_a_month_without_data_is_just_the_header(
     stores: dict[str, str], cli_env: dict[str, str]
 ) -> None:
-    r = im(cli_env, "--db", stores["postgresql"], "export", "focus", "--month", "2026-10")
+    r = run_cli(cli_env, "--db", stores["postgresql"], "export", "focus", "--month", "2026-10")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [",".join(c.name for c in focus.EXPORT_COLUMNS)]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+from support.waiting import wait_until
 
 from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.discover import processes as procfs_scan
@@ -41,14 +42,9 @@ def config(**discovery: Any) -> Config:
     return build_config([*CORE_OPTIONS, *procfs.infermeter_config_options()], file_values)
 
 
-def wait_for_maps(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"child exited with {proc.returncode}"
-        if needle in Path(f"/proc/{proc.pid}/maps").read_bytes():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} never appeared in /proc/{proc.pid}/maps")
+def wait_for_maps(proc: subprocess.Popen[bytes], needle: bytes) -> None:
+    maps = Path(f"/proc/{proc.pid}/maps")
+    wait_until(lambda: needle in maps.read_bytes(), f"{needle!r} in {maps}", proc=proc, poll_s=0.05)
 
 
 def info_of(pid: int) -> ProcessInfo:

@@ -12,21 +12,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from support import infermeter_cmd
+from support import run_cli
+from support.agent_run import RunningAgent, sqlite_rows
 from support.pg import PG_ADMIN_URL
 
 from infermeter.attribute.ledger import SpanLedger
@@ -50,43 +50,26 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def wait_for(cond: Callable[[], bool], what: str, proc: subprocess.Popen[str], timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert proc.poll() is None, f"the agent exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-        time.sleep(0.1)
-
-
-class Agent:
-    """`infermeter run` with its stderr in a file the test can read while it runs."""
+class Agent(RunningAgent):
+    """`infermeter run` on ``db`` with the span socket ``sock``, and a sender on it."""
 
     def __init__(self, tmp: Path, sock: Path, env: dict[str, str], config: str, db: str) -> None:
         self.sock = sock
         (tmp / "agent.toml").write_text(config)
-        self.log = tmp / "agent.log"
-        self._err = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [*infermeter_cmd(), "--config", str(tmp / "agent.toml"), "--db", db, "run"],
-            env={**env, "INFERMETER_SOCKET": str(sock)},
-            stdout=subprocess.DEVNULL,
-            stderr=self._err,
-            text=True,
-        )
-        wait_for(sock.exists, "span socket", self.proc)
+        env = {**env, "INFERMETER_SOCKET": str(sock)}
+        super().__init__(env, tmp / "agent.toml", db, tmp / "agent.log")
+        self.wait_for(sock.exists, "the span socket")
         self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def send(self, spans: list[Span]) -> None:
         for datagram in encode_batch(spans):
             self._out.sendto(datagram, str(self.sock))  # blocks while the agent is behind
 
-    def stop(self) -> str:
+    def stop_with_log(self) -> str:
+        """SIGTERM (unless it has exited), its exit waited for: its whole log."""
         self._out.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        self._err.close()
-        return self.log.read_text()
+        self.stop()
+        return self.text()
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
@@ -101,15 +84,9 @@ def future_spans(n: int, start: int, t1: float) -> list[Span]:
     return [call(f"m{i % 50}", now - 1 + i * 1e-6, t1, f"req-{i}") for i in range(start, start + n)]
 
 
-def sqlite_calls(db: Path, model: str) -> list[tuple[int, float, float, float, str | None]]:
-    if not db.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            q = QUERY.replace(":name", "?")
-            return list(conn.execute(q, (model,)).fetchall())
-    except sqlite3.OperationalError:
-        return []  # not migrated yet
+def sqlite_calls(db: Path, model: str) -> list[tuple[Any, ...]]:
+    """(seq, energy_j, t0, t1, request_id) of ``model``'s stored calls."""
+    return sqlite_rows(db, QUERY.replace(":name", "?"), (model,))
 
 
 def since_start(log: str, what: str) -> dict[str, int]:
@@ -156,9 +133,7 @@ class Flood:
             now = time.time()
             name = f"mark-{self.marks}"
             self.agent.send([call(name, now - 0.01, now)])
-            wait_for(
-                lambda n=name: len(sqlite_calls(self.db, n)) == 1, f"call {name}", self.agent.proc
-            )
+            self.agent.wait_for(lambda n=name: len(sqlite_calls(self.db, n)) == 1, f"call {name}")
             self.marks += 1
 
     def check_marks_stored_alone(self) -> None:
@@ -190,9 +165,9 @@ def test_far_future_spans_are_refused_memory_stays_flat_and_later_calls_are_stor
         rss_before = agent.rss()
         flood.send(8, time.time() + FAR)  # 200,000 spans ending ten years from now
         rss_after = agent.rss()
-        log = agent.stop()
+        log = agent.stop_with_log()
     finally:
-        agent.stop()
+        agent.stop_with_log()
     assert agent.proc.returncode == 0, log[-3000:]
 
     # Keeping the 200,000 would cost at least what this process measures for
@@ -220,22 +195,16 @@ def test_over_the_count_bound_the_latest_ending_spans_are_shed_and_counted(
     try:
         # Inside the horizon (they end in 30 minutes), but 25,000 for 5,000 places.
         flood.send(1, time.time() + 1800)
-        log = agent.stop()
+        log = agent.stop_with_log()
     finally:
-        agent.stop()
+        agent.stop_with_log()
     assert agent.proc.returncode == 0, log[-3000:]
     # 20,000 shed; then the well-formed call took one more place (it ends
     # first, so one of the 30-minute spans went instead) and was stored.
     assert since_start(log, "span ledger") == {"shed": flood.chunk - 5000 + 1}
     flood.check_marks_stored_alone()
     # The agent's last word, stored at shutdown, is what `status` shows.
-    status = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "status", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    status = run_cli(cli_env, "--db", f"sqlite:///{db}", "status", "--json", check=True)
     (host,) = json.loads(status.stdout)["hosts"]
     assert host["span_sources"]["agent"]["spans_shed"] == flood.chunk - 5000 + 1
 
@@ -259,7 +228,7 @@ def test_two_calls_with_the_same_start_are_both_stored_with_their_own_energy(
     try:
         now = time.time()
         agent.send([call("hello", now - 0.01, now)])  # announces this process: a target
-        wait_for(lambda: len(sqlite_calls(db, "hello")) == 1, "the first call", agent.proc)
+        agent.wait_for(lambda: len(sqlite_calls(db, "hello")) == 1, "the first call")
         t0 = time.time()
         burn_cpu(1.0)  # both run on this process's CPU time...
         mid = t0 + 0.5
@@ -267,10 +236,10 @@ def test_two_calls_with_the_same_start_are_both_stored_with_their_own_energy(
         # ...one for its first half, one for all of it, and a coarse clock gave
         # both the same start.
         agent.send([call("twin", t0, mid, "short"), call("twin", t0, t1, "long")])
-        wait_for(lambda: len(sqlite_calls(db, "twin")) == 2, "both twins", agent.proc)
-        log = agent.stop()
+        agent.wait_for(lambda: len(sqlite_calls(db, "twin")) == 2, "both twins")
+        log = agent.stop_with_log()
     finally:
-        agent.stop()
+        agent.stop_with_log()
     assert agent.proc.returncode == 0, log[-3000:]
     rows = sqlite_calls(db, "twin")
     assert [(seq, rid) for seq, _e, _t0, _t1, rid in rows] == [(0, "short"), (1, "long")]
@@ -324,7 +293,7 @@ def test_while_the_store_is_away_the_calls_held_stay_bounded_and_the_drop_is_cou
     try:
         now = time.time()
         agent.send([call("hello", now - 0.01, now)])
-        wait_for(lambda: len(pg_calls(pg_url, "hello")) == 1, "the first call", agent.proc)
+        agent.wait_for(lambda: len(pg_calls(pg_url, "hello")) == 1, "the first call")
         set_connections(pg_url, allowed=False)  # the store goes away
         for w in range(waves):
             now = time.time()
@@ -332,17 +301,17 @@ def test_while_the_store_is_away_the_calls_held_stay_bounded_and_the_drop_is_cou
                 [call(f"wave-{w}", now - 0.1 + i * 1e-5, now, f"{w}-{i}") for i in range(wave)]
             )
             time.sleep(1.0)  # a few flushes apart; the counts below hold however far
-        wait_for(lambda: "agent buffers:" in agent.log.read_text(), "a drop", agent.proc)
+        agent.wait_for(lambda: "agent buffers:" in agent.text(), "a drop")
         set_connections(pg_url, allowed=True)
         # Held batches are written oldest first, before a new one: once a call
         # sent now is stored, everything still held was written.
         now = time.time()
         agent.send([call("after", now - 0.01, now)])
-        wait_for(lambda: len(pg_calls(pg_url, "after")) == 1, "the call after", agent.proc)
-        log = agent.stop()
+        agent.wait_for(lambda: len(pg_calls(pg_url, "after")) == 1, "the call after")
+        log = agent.stop_with_log()
     finally:
         set_connections(pg_url, allowed=True)
-        agent.stop()
+        agent.stop_with_log()
     assert agent.proc.returncode == 0, log[-3000:]
 
     held = [int(n) for n in re.findall(r"\(\d+ shares, (\d+) calls\)", log)]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 
 import infermeter.sidecar.demo
 
@@ -24,13 +23,7 @@ def test_demo_reports_the_cpu_model_the_tenants_and_the_h100(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     keep = tmp_path / "demo"
-    done = subprocess.run(
-        [*infermeter_cmd(), "demo", "--seconds", "5", "--keep", str(keep)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_cli(cli_env, "demo", "--seconds", "5", "--keep", str(keep))
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "Traceback" not in done.stderr
@@ -47,26 +40,14 @@ def test_demo_reports_the_cpu_model_the_tenants_and_the_h100(
 
     # The kept store: every request sent is stored, with its tenant, and costs something.
     url = f"sqlite:///{keep / 'store.db'}"
-    report = subprocess.run(
-        [*infermeter_cmd(), "--db", url, "report", "--from", "0", "--by", "tenant", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    report = run_cli(cli_env, "--db", url, "report", "--from", "0", "--by", "tenant", "--json")
     assert report.returncode == 0, report.stderr
     groups = {g["key"]: g for g in json.loads(report.stdout)["groups"] if g["kind"] == "group"}
     for tenant, n in sent.items():
         assert groups[tenant]["requests"]["requests"] == n
         assert groups[tenant]["costs"]["cost"]["value"] > 0
         assert groups[tenant]["methods"] == {"estimated": 1.0}  # no RAPL here: the estimate
-    by_model = subprocess.run(
-        [*infermeter_cmd(), "--db", url, "report", "--from", "0", "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    by_model = run_cli(cli_env, "--db", url, "report", "--from", "0", "--json")
     models = {g["key"]: g for g in json.loads(by_model.stdout)["groups"] if g["kind"] == "group"}
     assert models["demo-mlp"]["requests"]["requests"] == sum(sent.values())
     assert models["resnet50"]["methods"]["measured"] > 0.9  # the H100's energy counter

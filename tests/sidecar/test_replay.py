@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -211,33 +210,15 @@ def test_cpu_server_gets_estimated_cpu_energy(serving: Run) -> None:
 
 def test_replay_cli(tmp_path: Path, cli_env: dict[str, str]) -> None:
     db = tmp_path / "r.db"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(SERVING)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_cli(cli_env, "--db", f"sqlite:///{db}", "replay", str(SERVING))
     assert r.returncode == 0, r.stderr
     assert "as host h100-serving" in r.stdout and "meters nvml, cpu_estimate" in r.stdout
-    bad = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(tmp_path / "nope")],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = run_cli(cli_env, "--db", f"sqlite:///{db}", "replay", str(tmp_path / "nope"))
     assert bad.returncode == 2
     assert "is not a folder" in bad.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", str(empty)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli(cli_env, "--db", f"sqlite:///{db}", "replay", str(empty))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
         f"infermeter: error: {empty}: no plugin recognises any file in it"

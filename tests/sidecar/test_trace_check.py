@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -80,9 +80,14 @@ def set_json(path: Path, number: int, key: str, raw: str) -> None:
 Damage = Callable[[Path], tuple[str, int]]
 
 
-def device_garbage(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 100, 2, "12x45")
-    return "nvml_device0.csv", 100
+def device_cell(number: int, column: int, value: str) -> Damage:
+    """Cell ``column`` of line ``number`` of the device CSV set to ``value``."""
+
+    def damage(d: Path) -> tuple[str, int]:
+        edit_cell(d / "nvml_device0.csv", number, column, value)
+        return "nvml_device0.csv", number
+
+    return damage
 
 
 def device_truncated(d: Path) -> tuple[str, int]:
@@ -100,26 +105,6 @@ def device_missing_cell(d: Path) -> tuple[str, int]:
     return "nvml_device0.csv", 200
 
 
-def device_nan(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 300, 3, "nan")
-    return "nvml_device0.csv", 300
-
-
-def device_inf(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 301, 2, "inf")
-    return "nvml_device0.csv", 301
-
-
-def device_negative(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 302, 3, "-5")
-    return "nvml_device0.csv", 302
-
-
-def device_utilisation(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 303, 4, "250")
-    return "nvml_device0.csv", 303
-
-
 def device_backwards(d: Path) -> tuple[str, int]:
     path = d / "nvml_device0.csv"
     earlier = lines_of(path)[389].split(",")[0]  # line 390's time
@@ -131,11 +116,6 @@ def device_far_ahead(d: Path) -> tuple[str, int]:
     path = d / "nvml_device0.csv"
     edit_cell(path, 500, 0, str(float(lines_of(path)[499].split(",")[0]) + 1e6))
     return "nvml_device0.csv", 500
-
-
-def device_first_row_far_back(d: Path) -> tuple[str, int]:
-    edit_cell(d / "nvml_device0.csv", 2, 0, "5.0")  # 1970: a replay of 56 years
-    return "nvml_device0.csv", 2
 
 
 def processes_garbage(d: Path) -> tuple[str, int]:
@@ -285,19 +265,23 @@ def recorded_processes(d: Path) -> tuple[str, int]:
 
 
 DAMAGES: dict[str, tuple[Path, Damage, str]] = {
-    "device-garbage": (SERVING, device_garbage, "power_mw: '12x45' is not a number"),
+    "device-garbage": (SERVING, device_cell(100, 2, "12x45"), "power_mw: '12x45' is not a number"),
     "device-truncated": (SERVING, device_truncated, "truncated last line (expected 7 cells"),
     "device-missing-column": (SERVING, device_missing_column, "(missing column sm_mhz)"),
     "device-missing-cell": (SERVING, device_missing_cell, "expected 7 cells, found 6"),
-    "device-nan": (SERVING, device_nan, "power_instant_mw: 'nan' is not a finite number"),
-    "device-inf": (SERVING, device_inf, "power_mw: 'inf' is not a finite number"),
-    "device-negative": (SERVING, device_negative, "power_instant_mw: '-5' is below 0"),
-    "device-utilisation": (SERVING, device_utilisation, "util_gpu: '250' is above 100"),
+    "device-nan": (
+        SERVING,
+        device_cell(300, 3, "nan"),
+        "power_instant_mw: 'nan' is not a finite number",
+    ),
+    "device-inf": (SERVING, device_cell(301, 2, "inf"), "power_mw: 'inf' is not a finite number"),
+    "device-negative": (SERVING, device_cell(302, 3, "-5"), "power_instant_mw: '-5' is below 0"),
+    "device-utilisation": (SERVING, device_cell(303, 4, "250"), "util_gpu: '250' is above 100"),
     "device-backwards": (SERVING, device_backwards, "time goes backwards"),
     "device-far-ahead": (SERVING, device_far_ahead, "time jumps ahead"),
     "device-first-row-far-back": (
         SERVING,
-        device_first_row_far_back,
+        device_cell(2, 0, "5.0"),  # 1970: a replay of 56 years
         # the nearest good row is the fixture's second, at 1795760343.4066691
         "time 5.0 is 1795760338 s away from the rest of the file",
     ),
@@ -385,14 +369,8 @@ def sqlite_state(db: Path) -> tuple[str, dict[str, int]]:
     return hashlib.sha256(db.read_bytes()).hexdigest(), counts
 
 
-def run_cli(env: dict[str, str], db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", "--no-progress", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def replay_cli(env: dict[str, str], db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(env, "--db", f"sqlite:///{db}", "replay", "--no-progress", *args)
 
 
 def test_the_library_refuses_before_writing(tmp_path: Path) -> None:
@@ -422,14 +400,14 @@ def test_replay_cli_refuses_a_damaged_trace_and_leaves_the_store(
     db = tmp_path / "store.db"
     clean = tmp_path / "clean" / SERVING.name
     shutil.copytree(SERVING, clean)
-    first = run_cli(cli_env, db, str(clean))
+    first = replay_cli(cli_env, db, str(clean))
     assert first.returncode == 0, first.stderr
     before = sqlite_state(db)
     assert before[1]["usage_shares"] > 0
     for name in REFUSED:
         # the same host (the folder's name): a refused replay must not touch its rows
         trace, path, line, words = damaged(tmp_path / name, name)
-        r = run_cli(cli_env, db, str(trace))
+        r = replay_cli(cli_env, db, str(trace))
         assert r.returncode == 2, (name, r.stderr)
         # one line, no traceback, no log lines: the file, the line and what is wrong
         (said,) = r.stderr.strip().splitlines()
@@ -438,7 +416,7 @@ def test_replay_cli_refuses_a_damaged_trace_and_leaves_the_store(
         assert sqlite_state(db) == before, name
     fresh = tmp_path / "fresh.db"
     trace, *_ = damaged(tmp_path / "fresh", "device-garbage")
-    assert run_cli(cli_env, fresh, str(trace)).returncode == 2
+    assert replay_cli(cli_env, fresh, str(trace)).returncode == 2
     assert not fresh.exists()  # refused before the store was even opened
 
 
@@ -473,7 +451,7 @@ def test_partial_replays_the_readable_rows_and_shows_each_gap(
     problems = {(p.path, p.line): p for p in check_trace(trace, make_plugin_manager())}
     assert set(problems) == {(device_path, device_line), (cpu_path, cpu_line)}
     db = tmp_path / "partial.db"
-    r = run_cli(cli_env, db, "--partial", str(trace))
+    r = replay_cli(cli_env, db, "--partial", str(trace))
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     gaps = [x for x in out if x.startswith("gap: ")]
@@ -496,7 +474,7 @@ def test_partial_replays_the_readable_rows_and_shows_each_gap(
     expected = (int(readable[-1][1]) - int(readable[0][1])) / 1000.0
     assert gpu_energy(db, SERVING.name) == pytest.approx(expected, abs=1e-3)
     # a second partial replay of the same trace keeps the gaps once
-    again = run_cli(cli_env, db, "--partial", str(trace))
+    again = replay_cli(cli_env, db, "--partial", str(trace))
     assert again.returncode == 0, again.stderr
     assert len(quarantined(db)) == 2 and again.stdout.count("gap: ") == 2
 
@@ -506,7 +484,7 @@ def test_partial_without_a_readable_gpu_file_replays_the_cpu_and_says_so(
 ) -> None:
     trace, path, _line, _ = damaged(tmp_path, "device-missing-column")
     db = tmp_path / "cpu-only.db"
-    r = run_cli(cli_env, db, "--partial", str(trace))
+    r = replay_cli(cli_env, db, "--partial", str(trace))
     assert r.returncode == 0, r.stderr
     assert f"gap: {path}:1: " in r.stdout and "missing the whole file" in r.stdout
     assert "meters cpu_estimate," in r.stdout

@@ -13,10 +13,11 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.waiting import collect, eventually
 
 from infermeter.hookspecs import SpanEmitter
 from infermeter.records import Span
@@ -38,24 +39,6 @@ def emitter(path: str) -> Iterator[Emitter]:
     e = Emitter(path, interval_s=0.02)
     yield e
     e.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def collect(receiver: SocketReceiver, n: int, timeout: float = 5.0) -> list[Span]:
-    got: list[Span] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(receiver.drain())
-        time.sleep(0.01)
-    return got
 
 
 def span(model: str = "m", **kw: object) -> Span:
@@ -97,11 +80,11 @@ def test_agent_away_100k_calls_complete_and_the_agent_learns_exactly_100k(path: 
         assert (stats.sent, stats.dropped, stats.unreported) == (0, 100_000, 100_000)
         receiver = SocketReceiver(path)  # the agent comes back
         try:
-            assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 100_000})
+            assert eventually(lambda: receiver.sender_dropped() == {os.getpid(): 100_000})
             assert receiver.dropped() == 100_000
             assert receiver.drain() == []
             # The sender settles its count just after the datagram leaves.
-            assert wait_for(lambda: emitter.stats().unreported == 0)
+            assert eventually(lambda: emitter.stats().unreported == 0)
         finally:
             receiver.close()
     finally:
@@ -159,10 +142,10 @@ def test_emit_never_waits_for_the_sender_even_when_it_is_stuck(path: str) -> Non
                 emitter.emit(Span(pid=1, model="m", t0=float(i), t1=float(i) + 1))
             stats = emitter.stats()
             assert (stats.sent, stats.by_reason) == (0, {"buffer_full": 4000})
-        assert wait_for(lambda: emitter.stats().sent == 1000)
+        assert eventually(lambda: emitter.stats().sent == 1000)
         got = collect(receiver, 1000)
         assert len(got) == 1000 and got[0].t0 == 0.0  # the first ones kept, the rest counted
-        assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 4000})
+        assert eventually(lambda: receiver.sender_dropped() == {os.getpid(): 4000})
     finally:
         emitter.close()
         receiver.close()
@@ -185,9 +168,9 @@ def test_pending_spans_get_their_end_time_later_or_are_counted(path: str) -> Non
         done.append(123.5)
         (got,) = collect(receiver, 1)
         assert (got.model, got.t0, got.t1) == ("gpu", 100.0, 123.5)
-        assert wait_for(lambda: emitter.stats().dropped == 2)
+        assert eventually(lambda: emitter.stats().dropped == 2)
         assert emitter.stats().by_reason == {"pending_timeout": 1, "pending_error": 1}
-        assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 2})
+        assert eventually(lambda: receiver.sender_dropped() == {os.getpid(): 2})
     finally:
         emitter.close()
         receiver.close()
@@ -201,7 +184,7 @@ def test_invalid_spans_and_garbage_never_raise_and_are_counted(emitter: Emitter,
         emitter.emit_pending(span("late"), "not callable")  # type: ignore[arg-type]
         emitter.emit(span("fine"))
         assert [s.model for s in collect(receiver, 1)] == ["fine"]
-        assert wait_for(lambda: receiver.sender_dropped() == {os.getpid(): 3})
+        assert eventually(lambda: receiver.sender_dropped() == {os.getpid(): 3})
         assert emitter.stats().by_reason == {"invalid": 2, "pending_error": 1}
     finally:
         receiver.close()
@@ -468,7 +451,7 @@ def test_a_short_lived_process_hands_over_every_span_at_exit_or_counts_it(path: 
             got.extend(receiver.drain())
             return len(got) + receiver.sender_dropped().get(pid, 0) + untold
 
-        assert wait_for(lambda: accounted() == 20_000, timeout=30), (accounted(), r.stderr)
+        assert eventually(lambda: accounted() == 20_000), (accounted(), r.stderr)
         assert got and {s.pid for s in got} == {pid} and len({s.t0 for s in got}) == len(got)
     finally:
         receiver.close()
@@ -488,7 +471,7 @@ def test_when_no_span_fits_the_exit_the_agent_still_hears_the_count(path: str) -
         r = _run_burst(path, 3000, 0.0)
         assert r.returncode == 0, r.stderr
         pid = int(r.stdout)
-        assert wait_for(lambda: receiver.sender_dropped() == {pid: 3000})
+        assert eventually(lambda: receiver.sender_dropped() == {pid: 3000})
         assert receiver.drain() == []
     finally:
         receiver.close()

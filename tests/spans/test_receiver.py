@@ -11,12 +11,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import infermeter_cmd
+from support import run_cli
+from support.waiting import eventually
 
 from infermeter.config import build_config
 from infermeter.errors import InfermeterError
@@ -48,15 +48,6 @@ def send(path: str, data: bytes) -> None:
         s.sendto(data, path)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 def span(model: str = "m", pid: int = 1) -> Span:
     return Span(pid=pid, model=model, t0=10.0, t1=11.0)
 
@@ -70,7 +61,7 @@ def test_socket_is_owner_and_group_only_in_a_private_folder(receiver: SocketRece
 
 def test_spans_arrive_with_the_senders_pid_and_its_drop_count(receiver: SocketReceiver) -> None:
     send(receiver.path, encode_batch([span("a"), span("b")], dropped=5)[0])
-    assert wait_for(lambda: receiver.stats()["datagrams"] == 1)
+    assert eventually(lambda: receiver.stats()["datagrams"] == 1)
     spans = receiver.drain()
     assert [(s.model, s.pid) for s in spans] == [("a", os.getpid()), ("b", os.getpid())]
     assert receiver.drain() == []
@@ -92,7 +83,7 @@ def test_the_pid_comes_from_the_kernel_not_the_payload(receiver: SocketReceiver)
     )
     proc.communicate(b"go\n", timeout=60)
     assert proc.returncode == 0
-    assert wait_for(lambda: receiver.stats()["datagrams"] == 1)
+    assert eventually(lambda: receiver.stats()["datagrams"] == 1)
     assert [(s.model, s.pid) for s in receiver.drain()] == [("forged", proc.pid)]
     assert receiver.sender_dropped() == {proc.pid: 3}
 
@@ -109,7 +100,7 @@ def test_malformed_and_oversize_datagrams_are_refused_and_counted(
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         s.sendto(b" " * (MAX_DATAGRAM + 100), receiver.path)
     send(receiver.path, encode_batch([span("ok")])[0])
-    assert wait_for(lambda: receiver.stats()["datagrams"] == 1 and receiver.dropped() == 3)
+    assert eventually(lambda: receiver.stats()["datagrams"] == 1 and receiver.dropped() == 3)
     stats = receiver.stats()
     assert (stats["malformed"], stats["oversize"]) == (2, 1)
     assert [s.model for s in receiver.drain()] == ["ok"]
@@ -123,7 +114,7 @@ def test_descriptors_passed_along_are_refused_and_not_leaked(receiver: SocketRec
             s.connect(receiver.path)
             for _ in range(5):
                 socket.send_fds(s, [encode_batch([span()])[0]], [r, w])
-        assert wait_for(lambda: receiver.dropped() == 5)
+        assert eventually(lambda: receiver.dropped() == 5)
         assert receiver.stats()["ancillary"] == 5
         assert receiver.drain() == []
     finally:
@@ -136,7 +127,7 @@ def test_the_queue_is_bounded_and_drops_the_oldest(sock_dir: Path) -> None:
     r = SocketReceiver(str(sock_dir / "s.sock"), max_queue=10)
     try:
         send(r.path, encode_batch([span(f"m{i}") for i in range(25)])[0])
-        assert wait_for(lambda: r.stats()["datagrams"] == 1)
+        assert eventually(lambda: r.stats()["datagrams"] == 1)
         assert [s.model for s in r.drain()] == [f"m{i}" for i in range(15, 25)]
         assert r.stats()["queue_full"] == 15 and r.dropped() == 15
     finally:
@@ -156,7 +147,7 @@ def test_a_live_agent_keeps_its_path_and_a_stale_socket_is_replaced(sock_dir: Pa
     second = SocketReceiver(path)
     try:
         send(path, encode_batch([span("after")])[0])
-        assert wait_for(lambda: [s.model for s in second.drain()] == ["after"])
+        assert eventually(lambda: [s.model for s in second.drain()] == ["after"])
     finally:
         second.close()
 
@@ -177,7 +168,7 @@ def test_close_leaves_a_newer_agents_socket_alone(sock_dir: Path) -> None:
         old.close()
         assert os.path.exists(path)
         send(path, encode_batch([span("new")])[0])
-        assert wait_for(lambda: [s.model for s in new.drain()] == ["new"])
+        assert eventually(lambda: [s.model for s in new.drain()] == ["new"])
     finally:
         new.close()
 
@@ -194,7 +185,7 @@ def test_the_plugin_offers_the_receiver_at_the_configured_path(sock_dir: Path) -
         (source,) = [s for s in sources if isinstance(s, SocketReceiver)]
         assert source.path == path and source.max_queue == 7
         send(path, encode_batch([span("via-plugin")])[0])
-        assert wait_for(lambda: [s.model for s in source.drain()] == ["via-plugin"])
+        assert eventually(lambda: [s.model for s in source.drain()] == ["via-plugin"])
         # A second agent on the same socket gets no source, and no exception.
         assert [
             s
@@ -223,13 +214,13 @@ def test_a_deleted_socket_directory_is_made_again_and_senders_carry_on(
     emitter = Emitter(r.path, interval_s=0.02)
     try:
         emitter.emit(span("before"))
-        assert wait_for(lambda: [s.model for s in r.drain()] == ["before"])
+        assert eventually(lambda: [s.model for s in r.drain()] == ["before"])
         shutil.rmtree(run)
-        assert wait_for(lambda: r.rebinds == 1 and os.path.exists(r.path), timeout=30)
+        assert eventually(lambda: r.rebinds == 1 and os.path.exists(r.path))
         assert stat.S_IMODE(os.stat(run).st_mode) == 0o750
         assert stat.S_IMODE(os.stat(r.path).st_mode) == 0o660
         emitter.emit(span("after"))
-        assert wait_for(lambda: [s.model for s in r.drain()] == ["after"])
+        assert eventually(lambda: [s.model for s in r.drain()] == ["after"])
         assert emitter.stats().dropped == 0
         assert [r.check_path() for _ in range(3)] == [False] * 3  # it is ours again
         vanished = [m for m in caplog.messages if "vanished" in m]
@@ -255,7 +246,7 @@ def test_a_path_another_agent_took_is_left_to_it(
         taken = [m for m in caplog.messages if "taken by another agent" in m]
         assert len(taken) == 1  # logged once, not at every check
         send(path, encode_batch([span("new")])[0])
-        assert wait_for(lambda: [s.model for s in new.drain()] == ["new"])
+        assert eventually(lambda: [s.model for s in new.drain()] == ["new"])
         assert old.rebinds == 0
     finally:
         old.close()
@@ -336,7 +327,7 @@ def test_the_socket_and_its_folder_are_given_to_the_configured_group(sock_dir: P
             )
         ]
         assert codes == [0, 13]
-        assert wait_for(lambda: r.stats()["datagrams"] == 1)
+        assert eventually(lambda: r.stats()["datagrams"] == 1)
         assert [s.model for s in r.drain()] == ["from-nobody"]
     finally:
         r.close()
@@ -354,13 +345,7 @@ def test_an_unknown_group_in_the_config_is_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[spans]\ngroup = "no-such-group-here"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
-    r = subprocess.run(
-        [*infermeter_cmd(), "--config", str(config), "config", "show"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli(env, "--config", str(config), "config", "show")
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "spans.group" in line and "no group 'no-such-group-here' on this host" in line

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.records import FULL_SPAN
 
 from infermeter.records import Span
 from infermeter.spans import wire
@@ -27,22 +28,6 @@ from infermeter.spans.wire import (
     encode_batch,
 )
 
-FULL = Span(
-    pid=4242,
-    model="resnet50",
-    t0=1_795_760_386.2135355,
-    t1=1_795_760_386.2251,
-    items=8,
-    tokens_in=120,
-    tokens_out=33,
-    request_id="req-1",
-    tenant="acme",
-    tags={"team": "vision", "région": "eu-ouest"},
-    framework="torch",
-    device="cuda:0",
-    dtype="bfloat16",
-    parameters=25_557_032,
-)
 MINIMAL = Span(pid=1, model="m", t0=0.0, t1=0.0)
 
 
@@ -52,20 +37,20 @@ def _one(data: list[bytes]) -> bytes:
 
 
 def test_round_trip_keeps_every_field() -> None:
-    spans, dropped = decode_batch(_one(encode_batch([FULL, MINIMAL], dropped=17)))
-    assert spans == [FULL, MINIMAL]
-    assert dict(spans[0].tags) == dict(FULL.tags)
+    spans, dropped = decode_batch(_one(encode_batch([FULL_SPAN, MINIMAL], dropped=17)))
+    assert spans == [FULL_SPAN, MINIMAL]
+    assert dict(spans[0].tags) == dict(FULL_SPAN.tags)
     assert dropped == 17
 
 
 def test_the_format_is_the_documented_one() -> None:
-    doc = json.loads(_one(encode_batch([FULL], dropped=3)))
+    doc = json.loads(_one(encode_batch([FULL_SPAN], dropped=3)))
     assert doc["v"] == 1 and doc["d"] == 3
     assert doc["s"][0][: len(wire.FIELDS)] == [
         4242,
         "resnet50",
-        FULL.t0,
-        FULL.t1,
+        FULL_SPAN.t0,
+        FULL_SPAN.t1,
         8,
         120,
         33,
@@ -80,7 +65,7 @@ def test_the_format_is_the_documented_one() -> None:
 
 
 def test_pid_given_to_decode_replaces_the_payloads() -> None:
-    spans, _ = decode_batch(_one(encode_batch([FULL])), pid=77)
+    spans, _ = decode_batch(_one(encode_batch([FULL_SPAN])), pid=77)
     assert [s.pid for s in spans] == [77]
 
 

@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from support import infermeter_cmd
-from support.pg_reader import drop_roles, reader_role, sql_config, unique_role
+from support.pg import admin_rows
+from support.pg_reader import reader_role, sql_config, unique_role
 from support.replayed import ReplayedStores
+from support.waiting import wait_until
 
 from infermeter.export.chargeback import VIEW_NAMES
 from infermeter.store.readonly import (
@@ -90,13 +91,7 @@ class PgStore:
         return im(self.env, "--config", str(self.config), "--db", self.url, "sql", *args)
 
     def admin(self, statement: str) -> list[tuple[object, ...]]:
-        engine = create_engine(self.url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                result = conn.exec_driver_sql(statement)
-                return [tuple(r) for r in result] if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return admin_rows(self.url, statement)
 
     def snapshot(self) -> list[tuple[object, ...]]:
         """What a write could have changed: row counts and sums of the stored tables."""
@@ -229,12 +224,8 @@ def test_pg_sleep_is_stopped_by_the_timeout(pg: PgStore, tmp_path: Path) -> None
         TIMEOUT_LINE.format(s=2)
     )
     # And nothing of those queries is left running on the server.
-    deadline = time.monotonic() + 60
-    while pg.admin(
-        f"SELECT pid FROM pg_stat_activity WHERE usename = '{pg.role}' AND state = 'active'"
-    ):
-        assert time.monotonic() < deadline, "a timed-out query is still running"
-        time.sleep(0.2)
+    active = f"SELECT pid FROM pg_stat_activity WHERE usename = '{pg.role}' AND state = 'active'"
+    wait_until(lambda: not pg.admin(active), "the timed-out query to end", poll_s=0.2)
     ok = im(pg.env, *base, "--timeout", "60", "--csv", "SELECT 1 AS slept FROM pg_sleep(0.1)")
     assert ok.returncode == 0 and ok.stdout.splitlines() == ["slept", "1"], ok.stderr
 
@@ -306,9 +297,8 @@ def test_missing_role_is_named(pg: PgStore) -> None:
 
 
 def test_roles_with_server_rights_are_refused_until_granted_again(pg: PgStore) -> None:
-    role, group = unique_role(), unique_role("im_group")
     base = ["--db", pg.url]
-    try:
+    with reader_role(pg.url) as role, reader_role(pg.url, "im_group") as group:
         made = im(pg.env, *base, "db", "grant-reader", "--role", role)
         assert made.returncode == 0, made.stderr
         assert pg.sql("--role", role, "SELECT 1").returncode == 0
@@ -344,8 +334,6 @@ def test_roles_with_server_rights_are_refused_until_granted_again(pg: PgStore) -
             f"infermeter: error: sql would run as role {role}, which may write requests; "
             f"{GRANT_HINT}"
         )
-    finally:
-        drop_roles(pg.url, role, group)
 
 
 def test_the_owners_password_never_goes_to_the_reader() -> None:

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from support import infermeter_cmd
+from support.agent_run import TEST_METER_ONLY, RunningAgent
 from support.private_pg import PrivatePostgres, private_postgres
+from support.records import FULL_SPAN
 
 from infermeter.config import build_config
 from infermeter.errors import StoreError
@@ -39,7 +38,6 @@ from infermeter.records import (
     Price,
     Reading,
     Share,
-    Span,
     Target,
 )
 from infermeter.sidecar.agent import Agent
@@ -116,23 +114,7 @@ def full_batch() -> FlushBatch:
             weight_basis="sm-util",
         ),
     ]
-    span = Span(
-        pid=416,
-        model="resnet50",
-        t0=t0 + 1,
-        t1=t0 + 1.25,
-        items=32,
-        tokens_in=10,
-        tokens_out=20,
-        request_id="r-1",
-        tenant="acme",
-        tags={"stage": "post", "ünïcode": "✓"},
-        framework="torch",
-        device="cuda:1",
-        dtype="bfloat16",
-        parameters=25_600_000,
-        seq=2,
-    )
+    span = replace(FULL_SPAN, pid=TARGET.pid, t0=t0 + 1, t1=t0 + 1.25, device="cuda:1", seq=2)
     call = CallEnergy(span, TARGET.key, 12.5, Method.INTEGRATED)
     window = DeviceWindowRecord(GPU.uid, t0, t1, 1976.5677, Method.INTEGRATED, 0.625, 12 << 30)
     return FlushBatch(
@@ -324,44 +306,9 @@ def write_config(tmp_path: Path, spool_dir: Path) -> Path:
         "[agent]\ntick_s = 0.1\nflush_s = 0.4\nspan_lag_s = 0.2\n"
         f'rollup_s = 3600\nretention_s = 3600\nrecommend_s = 3600\nhost = "{HOST}"\n'
         f'[store]\nspool_dir = "{spool_dir}"\n'
-        f"[synthetic]\ndevices = 2\npower_w = {POWER_W}\nidle_w = 40.0\n"
-        '[plugins]\ndisabled = ["core.nvml", "core.rapl", "core.cpu_estimate"]\n'
+        f"[synthetic]\ndevices = 2\npower_w = {POWER_W}\nidle_w = 40.0\n" + TEST_METER_ONLY
     )
     return path
-
-
-class RunningAgent:
-    """`infermeter run` against ``url``, its log in a file the test can poll."""
-
-    def __init__(self, env: dict[str, str], config: Path, url: str, log: Path) -> None:
-        self.log = log
-        self._err = log.open("w")
-        self.proc = subprocess.Popen(
-            [*infermeter_cmd(), "--config", str(config), "--db", url, "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._err,
-            text=True,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, what: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not what():
-            assert self.proc.poll() is None, self.text()
-            assert time.monotonic() < deadline, self.text()
-            time.sleep(0.05)
-
-    def wait_for_log(self, line: str) -> None:
-        self.wait_for(lambda: line in self.text())
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._err.close()
-        return code
 
 
 Window = tuple[str, float, float, float]  # device uid, t0, t1, energy

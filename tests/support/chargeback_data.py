@@ -18,6 +18,9 @@ every database:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -29,6 +32,7 @@ from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 from infermeter.store.writer import Store
 from support import FIXTURES
+from support.pg import fresh_database
 
 SERVING = FIXTURES / "h100-serving"
 ENCODER = FIXTURES / "h100-resnet-encoder"
@@ -47,6 +51,20 @@ def fill(url: str) -> None:
         replay(trace, config, pm, store)
     label(engine)
     engine.dispose()
+
+
+@contextmanager
+def filled_stores(folder: Path) -> Iterator[dict[str, str]]:
+    """The data filled into a SQLite file in ``folder`` and a fresh PostgreSQL database.
+
+    The URLs by dialect name, so that a test asserts the same of both; the
+    PostgreSQL database is dropped on exit.
+    """
+    sqlite = f"sqlite:///{folder / 'store.db'}"
+    with pg_database() as pg:
+        fill(sqlite)
+        fill(pg)
+        yield {"sqlite": sqlite, "postgresql": pg}
 
 
 def label(engine: Engine) -> None:
@@ -108,3 +126,8 @@ def normalise(value: Any) -> Any:
     if isinstance(value, float):
         return round_float(value, 9)
     return value
+
+
+def pg_database() -> AbstractContextManager[str]:
+    """A fresh PostgreSQL database for a whole module (conftest's ``pg_url`` is per test)."""
+    return fresh_database()

@@ -71,3 +71,18 @@ def fresh_database(template: str | None = None) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def admin_rows(url: str, statement: str) -> list[tuple[object, ...]]:
+    """Run one statement as ``url``'s user (the admin), autocommitted: its rows, if any.
+
+    For what a test sets up or inspects around the code under test (roles,
+    grants, ownership, catalogue queries), outside any transaction of its own.
+    """
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            result = conn.exec_driver_sql(statement)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

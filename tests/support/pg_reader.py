@@ -36,9 +36,13 @@ def drop_roles(db_url: str, *roles: str) -> None:
 
 
 @contextmanager
-def reader_role(db_url: str) -> Iterator[str]:
-    """A role name for this test only; the role, if made, is dropped on exit."""
-    role = unique_role()
+def reader_role(db_url: str, prefix: str = "im_reader") -> Iterator[str]:
+    """A role name for this test only; the role, if made, is dropped on exit.
+
+    Whoever makes it (``db grant-reader``, or the test's own ``CREATE ROLE``),
+    it goes with what was granted to it, even when the test fails.
+    """
+    role = unique_role(prefix)
     try:
         yield role
     finally:

@@ -59,7 +59,7 @@ class MemoryEmitter:
     def emit_pending(self, span: Span, finished: Callable[[], float | None]) -> None:
         self.pending.append((span, finished))
 
-    def settle(self, timeout_s: float = 5.0) -> None:
+    def settle(self, timeout_s: float = 60.0) -> None:
         """Poll pending spans like the emitter's thread does, until all have ended."""
         deadline = time.monotonic() + timeout_s
         while self.pending:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 
 from infermeter.config import build_config
 from infermeter.plugin_manager import make_plugin_manager
@@ -62,6 +63,24 @@ def _price(device: Device, energy_j: float, window_j: float, seconds: float) -> 
     return Price(energy_j * PER_KWH, capacity, energy_j * CARBON)
 
 
+def _share(
+    t0: float,
+    t1: float,
+    device: Device,
+    bucket: Bucket,
+    energy_j: float,
+    target: Target | None = None,
+    tenant: str | None = None,
+    basis: str = "sm-util",
+) -> Share:
+    """A share of one window: measured on the GPU, estimated on the CPU; the target's model."""
+    method = Method.MEASURED if device is GPU else Method.ESTIMATED
+    if target is None:
+        return Share(t0, t1, device.uid, bucket, method, energy_j, None, None, tenant, basis)
+    model = target.labels["model"]
+    return Share(t0, t1, device.uid, bucket, method, energy_j, target.key, model, tenant, basis)
+
+
 def example_card() -> PriceCard:
     pm = make_plugin_manager()
     return card_from_config(build_config(pm.config_options(), environ={}))
@@ -91,117 +110,23 @@ def build(
         quiet = quiet_hour <= t < quiet_hour + 3600
         shares: list[Share] = []
         calls: list[CallEnergy] = []
-        gpu_shares = [
-            Share(
-                t,
-                t1,
-                GPU.uid,
-                Bucket.IDLE,
-                Method.MEASURED,
-                70.0 * window_s,
-                weight_basis="baseline",
-            )
-        ]
+        share = partial(_share, t, t1)
+        gpu_shares = [share(GPU, Bucket.IDLE, 70.0 * window_s, basis="baseline")]
         if not quiet:
             e_a = rng.uniform(50, 150) * window_s
             e_b = rng.uniform(10, 90) * window_s
             gpu_shares += [
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.KEEPWARM,
-                    Method.MEASURED,
-                    25.0 * window_s,
-                    A.key,
-                    "alpha",
-                    None,
-                    "sm-util",
-                ),
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.KEEPWARM,
-                    Method.MEASURED,
-                    25.0 * window_s,
-                    B.key,
-                    "beta",
-                    None,
-                    "sm-util",
-                ),
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.ACTIVE,
-                    Method.MEASURED,
-                    e_a * 0.6,
-                    A.key,
-                    "alpha",
-                    "acme",
-                    "sm-util",
-                ),
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.ACTIVE,
-                    Method.MEASURED,
-                    e_a * 0.4,
-                    A.key,
-                    "alpha",
-                    "globex",
-                    "sm-util",
-                ),
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.ACTIVE,
-                    Method.MEASURED,
-                    e_b,
-                    B.key,
-                    "beta",
-                    "acme",
-                    "gpu-memory",
-                ),
-                Share(
-                    t,
-                    t1,
-                    GPU.uid,
-                    Bucket.OTHER,
-                    Method.MEASURED,
-                    3.0 * window_s,
-                    None,
-                    None,
-                    None,
-                    "equal",
-                ),
+                share(GPU, Bucket.KEEPWARM, 25.0 * window_s, A),
+                share(GPU, Bucket.KEEPWARM, 25.0 * window_s, B),
+                share(GPU, Bucket.ACTIVE, e_a * 0.6, A, "acme"),
+                share(GPU, Bucket.ACTIVE, e_a * 0.4, A, "globex"),
+                share(GPU, Bucket.ACTIVE, e_b, B, "acme", "gpu-memory"),
+                share(GPU, Bucket.OTHER, 3.0 * window_s, basis="equal"),
             ]
         cpu_active = rng.uniform(5, 20) * window_s
         cpu_shares = [
-            Share(
-                t,
-                t1,
-                CPU.uid,
-                Bucket.IDLE,
-                Method.ESTIMATED,
-                10.0 * window_s,
-                weight_basis="baseline",
-            ),
-            Share(
-                t,
-                t1,
-                CPU.uid,
-                Bucket.ACTIVE,
-                Method.ESTIMATED,
-                cpu_active,
-                B.key,
-                "beta",
-                "globex",
-                "cpu-seconds",
-            ),
+            share(CPU, Bucket.IDLE, 10.0 * window_s, basis="baseline"),
+            share(CPU, Bucket.ACTIVE, cpu_active, B, "globex", "cpu-seconds"),
         ]
         shares = gpu_shares + cpu_shares
         gpu_j = sum(s.energy_j for s in gpu_shares)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
@@ -208,10 +209,7 @@ def test_poller_catches_wraps_that_reads_alone_would_miss(
 
     def wait_polls(n: int) -> None:
         target = meter.polls + n
-        deadline = time.monotonic() + 10
-        while meter.polls < target:
-            assert time.monotonic() < deadline, "poller stopped"
-            time.sleep(0.005)
+        wait_until(lambda: meter.polls >= target, f"{n} more polls", poll_s=0.005)
 
     for value in (600_000, 200_000, 700_000, 100_000):  # 0.6 + 0.6 + 0.5 + 0.4 J
         set_energy(z, value)

@@ -15,13 +15,12 @@ import csv
 import logging
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pynvml
 import pytest
-from support import FIXTURES, infermeter_cmd
+from support import FIXTURES, run_cli
 
 from infermeter.plugins.nvml.meter import COUNTER_PROBE_S, POWER_MARGIN
 from infermeter.plugins.nvml.replay import NvmlStandIn, ReplayNvmlMeter
@@ -293,13 +292,7 @@ def test_replay_stores_no_spike(tmp_path: Path, cli_env: dict[str, str]) -> None
         SERVING, tmp_path / "h100-serving", lambda t, v: v + 10**12 if t >= jump_t else v
     )
     db = tmp_path / "spike.db"
-    r = subprocess.run(
-        [*infermeter_cmd(), "--db", f"sqlite:///{db}", "replay", "--no-progress", str(trace)],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_cli(cli_env, "--db", f"sqlite:///{db}", "replay", "--no-progress", str(trace))
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(db) as conn:
         rows = conn.execute(

@@ -18,6 +18,7 @@ from pathlib import Path
 import pynvml
 import pytest
 from support import FIXTURES
+from support.waiting import eventually
 
 from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
@@ -397,14 +398,20 @@ def test_driver_not_loaded_is_a_warning(caplog: pytest.LogCaptureFixture) -> Non
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
 
-def test_the_hook_follows_what_pynvml_says_on_this_host() -> None:
+def nvml_devices_here() -> int:
+    """How many GPUs the real NVML library sees on this host (0 without a driver)."""
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        expected = 0
-    else:
-        expected = 1 if pynvml.nvmlDeviceGetCount() else 0
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
         pynvml.nvmlShutdown()
+
+
+def test_the_hook_follows_what_pynvml_says_on_this_host() -> None:
+    expected = 1 if nvml_devices_here() else 0
     meters = plugin.infermeter_meters(config())
     try:
         assert len(meters) == expected
@@ -475,9 +482,7 @@ def test_live_poller_thread_polls_until_closed() -> None:
     standin.nvmlInit()
     meter = NvmlMeter(standin, open_gpus(standin), clock=lambda: standin.clock.now)
     meter.start_polling(0.005)
-    deadline = time.monotonic() + 5.0
-    while standin.calls["nvmlDeviceGetFieldValues"] < 5 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    eventually(lambda: standin.calls["nvmlDeviceGetFieldValues"] >= 5, poll_s=0.005)
     meter.close()
     polled = standin.calls["nvmlDeviceGetFieldValues"]
     assert polled >= 5
@@ -489,13 +494,7 @@ def test_live_poller_thread_polls_until_closed() -> None:
 
 
 def test_the_recorders_hook_follows_what_pynvml_says(tmp_path: Path) -> None:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        expected = 0
-    else:
-        expected = 1 if pynvml.nvmlDeviceGetCount() else 0
-        pynvml.nvmlShutdown()
+    expected = 1 if nvml_devices_here() else 0
     recorders = plugin.infermeter_recorders(tmp_path, config())
     try:
         assert len(recorders) == expected
