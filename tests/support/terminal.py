@@ -21,15 +21,18 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
 
 
 class Screen:
-    """``infermeter top`` on a pty (120x40 unless told), everything it wrote kept."""
+    """``infermeter top`` on a pty (160x40 unless told), everything it wrote kept."""
 
-    def __init__(self, url: str, home: Path, rows: int = 40, columns: int = 120) -> None:
+    def __init__(self, url: str, home: Path, rows: int = 40, columns: int = 160) -> None:
         command = " ".join(shlex.quote(a) for a in [*infermeter_cmd(), "--db", url, "top"])
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: a shell on the terminal, as a user has
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
             env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMETER_")}
             env.update(TERM="xterm-256color", HOME=str(home), XDG_CONFIG_HOME=str(home / "c"))
+            # rich reads the size from LINES and COLUMNS first: say it, whatever
+            # the environment the tests run in exported.
+            env.update(LINES=str(rows), COLUMNS=str(columns))
             # The shell traps SIGINT (a handler, so top gets the default one) to live
             # past a Ctrl-C and report top's exit code and the terminal's settings.
             script = f"trap : INT; {command}; echo EXIT=$?; stty -a"
