@@ -51,10 +51,7 @@ def serving_db_url(
     request: pytest.FixtureRequest, template_stores: ReplayedStores, tmp_path: Path
 ) -> Iterator[str]:
     """A store of its own holding h100-serving replayed, on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        yield template_stores.sqlite(tmp_path / "infermeter.db")
-        return
-    with template_stores.postgresql() as url:
+    with template_stores.copy(request.param, tmp_path) as url:
         yield url
 
 
@@ -74,10 +71,7 @@ def recordings_db_url(
     request: pytest.FixtureRequest, template_stores: ReplayedStores, tmp_path: Path
 ) -> Iterator[str]:
     """A store of its own holding both H100 recordings replayed."""
-    if request.param == "sqlite":
-        yield template_stores.sqlite(tmp_path / "infermeter.db", (SERVING, ENCODER))
-        return
-    with template_stores.postgresql((SERVING, ENCODER)) as url:
+    with template_stores.copy(request.param, tmp_path, (SERVING, ENCODER)) as url:
         yield url
 
 

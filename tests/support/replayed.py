@@ -79,6 +79,15 @@ class ReplayedStores:
             self._pg[key] = str(make_url(url).database)
         return fresh_database(template=self._pg[key])
 
+    @contextmanager
+    def copy(self, kind: str, folder: Path, traces: Sequence[Path] = (SERVING,)) -> Iterator[str]:
+        """A store of its own on ``kind`` ("sqlite" or "postgresql") holding ``traces``."""
+        if kind == "sqlite":
+            yield self.sqlite(folder / "infermeter.db", traces)
+            return
+        with self.postgresql(traces) as url:
+            yield url
+
     def close(self) -> None:
         self._held.close()
 
