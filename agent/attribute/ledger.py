@@ -59,7 +59,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from infermeter.attribute.span_split import split_over_spans
+from infermeter.attribute.span_split import Predict, split_over_spans
 from infermeter.records import Bucket, CallEnergy, Method, Share, Span, Target, TargetKey
 from infermeter.shedding import ShedLog
 
@@ -245,16 +245,24 @@ class SpanLedger:
 
     # ----- attribution ----------------------------------------------------------
 
-    def split(self, shares: Sequence[Share], targets: Mapping[TargetKey, Target]) -> list[Share]:
-        """Replace each target's active share by its per-model parts; credit the calls."""
+    def split(
+        self,
+        shares: Sequence[Share],
+        targets: Mapping[TargetKey, Target],
+        predict: Predict | None = None,
+    ) -> list[Share]:
+        """Replace each target's active share by its per-model parts; credit the calls.
+
+        ``predict`` weighs the calls by their predicted energy (span_split.py).
+        """
         out: list[Share] = []
         for share in shares:
             if share.bucket is not Bucket.ACTIVE or share.target is None:
                 out.append(share)
                 continue
-            spans = self._overlapping(share.target[1], share.t0, share.t1)
+            spans = self.overlapping(share.target[1], share.t0, share.t1)
             target = targets.get(share.target)
-            result = split_over_spans(share, spans, target.labels if target else None)
+            result = split_over_spans(share, spans, target.labels if target else None, predict)
             out.extend(result.shares)
             self._add_overhead(share.target, result.overhead_j)
             for span, energy in result.call_energy_j:
@@ -324,7 +332,8 @@ class SpanLedger:
                 else:
                     del self._seq[key]
 
-    def _overlapping(self, pid: int, t0: float, t1: float) -> list[Span]:
+    def overlapping(self, pid: int, t0: float, t1: float) -> list[Span]:
+        """The held spans of ``pid`` that overlap [t0, t1)."""
         spans = self._by_pid.get(pid)
         if not spans:
             return []

@@ -1,20 +1,33 @@
-"""Attribution step 4: a target's active energy, split over its model calls.
+"""Attribution step 4 inside a target: its active energy, split over its model calls.
 
-Inside one interval, time is cut at every span boundary. Each slice carries
-its part of the interval's energy (power is taken as even within a tick);
-the spans running in a slice share it by items (a batch of 8 draws more than
-a batch of 1 running beside it); a slice with no span is the target's
-overhead and stays with the target's model(s). The call energies plus the
-overhead add up to the share exactly.
+The calls in flight in an interval take all of the target's active energy
+in it: nothing else is known to have run, and a request that ran
+synchronously caused the device's draw between its kernels too (the power
+of an H100 does not drop to the held-context level between two 5 ms
+calls). They share it by their predicted energy (energy_model.py: a batch
+of 8 costs more than a batch of 1 beside it, prefill tokens and decode
+tokens differently), each prorated by how much of the call lies in the
+interval; until the model knows a call's class, by items x time in the
+interval. An interval in which the target drew active energy (the meter saw
+its SM time or CPU time) with no call in flight is the target's overhead,
+and stays with the target's model(s): that is the evidence of work outside
+calls. The call energies plus the overhead add up to the share exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from infermeter.attribute.energy_model import overlap_fraction
 from infermeter.attribute.split import split_exactly
 from infermeter.records import Share, Span
+
+# Joules predicted for a fraction of a span in a share's interval, or None
+# when the energy model does not know its class yet.
+Predict = Callable[[Span, float, Share], float | None]
+
+MIN_OVERLAP_S = 1e-6  # a call of no length still weighs, a little
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,52 +35,42 @@ class SpanSplit:
     shares: list[Share]  # per (model, tenant): call energy plus its part of the overhead
     call_energy_j: list[tuple[Span, float]]  # energy of each call in this interval
     overhead_j: float
+    by_model: bool = False  # the calls were weighed by the energy model
 
 
 def split_over_spans(
-    share: Share, spans: Sequence[Span], target_labels: Mapping[str, str] | None = None
+    share: Share,
+    spans: Sequence[Span],
+    target_labels: Mapping[str, str] | None = None,
+    predict: Predict | None = None,
 ) -> SpanSplit:
     """Split one target's active share over the spans that overlap it."""
     a, b = share.t0, share.t1
-    length = b - a
     labels = target_labels or {}
-    inside = [s for s in spans if s.t1 > a and s.t0 < b and s.t1 > s.t0]
-    if length <= 0 or not inside:
+    inside = [s for s in spans if (s.t1 > a and s.t0 < b) or (s.t1 == s.t0 and a <= s.t0 < b)]
+    if b - a <= 0 or not inside:
         return SpanSplit([share], [], share.energy_j)
-
-    # Sweep over the slice boundaries, keeping the running items.
-    events: list[tuple[float, int, int]] = []  # (time, +1 start / -1 end, span index)
-    for i, s in enumerate(inside):
-        events.append((max(s.t0, a), 1, i))
-        events.append((min(s.t1, b), -1, i))
-    events.sort(key=lambda e: (e[0], e[1]))
-    energy = [0.0] * len(inside)
-    running: dict[int, int] = {}
-    items_running = 0
-    cursor = a
-    per_second = share.energy_j / length
-    for time, kind, i in events:
-        if time > cursor:
-            slice_j = per_second * (time - cursor)
-            for j, items in running.items():  # none running: the slice is overhead
-                energy[j] += slice_j * items / items_running
-            cursor = time
-        if kind == 1:
-            items = max(1, inside[i].items)
-            running[i] = items
-            items_running += items
-        else:
-            items_running -= running.pop(i)
-    # What no span covered is overhead; as a difference it also absorbs the
-    # floating-point remainder, so the parts add up to the share exactly.
-    overhead = share.energy_j - sum(energy)
+    fractions = [overlap_fraction(s, a, b) for s in inside]
+    predicted = (
+        [predict(s, f, share) for s, f in zip(inside, fractions, strict=True)]
+        if predict is not None
+        else []
+    )
+    by_model = bool(predicted) and all(p is not None and p > 0 for p in predicted)
+    if by_model:
+        weights = [float(p or 0.0) for p in predicted]
+    else:
+        weights = [
+            max(1, s.items) * max(min(s.t1, b) - max(s.t0, a), MIN_OVERLAP_S) for s in inside
+        ]
+    energy = split_exactly(share.energy_j, weights)
 
     by_group: dict[tuple[str, str | None], float] = {}
     for s, e in zip(inside, energy, strict=True):
         key = (s.model, s.tenant or labels.get("tenant"))
         by_group[key] = by_group.get(key, 0.0) + e
-    shares = _overhead_onto_models(share, by_group, overhead, labels)
-    return SpanSplit(shares, list(zip(inside, energy, strict=True)), overhead)
+    shares = _overhead_onto_models(share, by_group, 0.0, labels)
+    return SpanSplit(shares, list(zip(inside, energy, strict=True)), 0.0, by_model)
 
 
 def _overhead_onto_models(

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from infermeter.attribute.baseline import BaselineLearner
+from infermeter.attribute.energy_weights import EnergyWeights
 from infermeter.attribute.ledger import SpanLedger
 from infermeter.attribute.readings import implausible
 from infermeter.attribute.split import attribute_reading, merge_shares
@@ -65,6 +66,7 @@ class Agent:
         self.discovery = Discovery(config.host, self._decide, redact_patterns=patterns_for(config))
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
+        self.energy = EnergyWeights(self._device_kind)
         self.card: PriceCard | None = card_or_none(config)
         self.span_sources: list[SpanSource] = list(span_sources or [])
         self._sources_given = span_sources is not None
@@ -138,6 +140,10 @@ class Agent:
                 log.exception("%s failed to close", part.name)
 
     # ----- steps -------------------------------------------------------------
+
+    def _device_kind(self, uid: str) -> str:
+        device = self.devices.get(uid)
+        return str(device.kind.value) if device is not None else "unknown"
 
     def _decide(self, process: ProcessInfo) -> Target | None:
         result: Target | None = self.pm.hook.infermeter_discover(
@@ -254,7 +260,8 @@ class Agent:
             self._pending_readings = deque(r for r in self._pending_readings if r.t1 > cutoff)
             targets = self._seen_targets
             still_held = {s.target for s in held}
-            pending = self.ledger.split(ready, targets)
+            ready = self.energy.resplit(ready, self.ledger.overlapping)
+            pending = self.ledger.split(ready, targets, self.energy.predict)
             calls = self.ledger.complete(cutoff, {t.pid: t for t in targets.values()})
             # A process that exited keeps its target while spans it sent last wait.
             waiting = self.ledger.pids()
