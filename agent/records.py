@@ -229,6 +229,27 @@ class CallEnergy:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEnergyModel:
+    """The learned energy of one call class: what the split weighs calls by, as stored.
+
+    J(call) = j_per_call x calls + j_per_item x items + per-token terms; see
+    attribute/energy_model.py. ``windows`` is how many intervals the class
+    was learned from, ``r2`` the quality of the whole fit it is part of.
+    """
+
+    model: str
+    dtype: str
+    device_kind: str
+    j_per_call: float
+    j_per_item: float
+    j_per_prefill_token: float
+    j_per_decode_token: float
+    windows: int
+    r2: float | None
+    fit_windows: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceWindowRecord:
     device_uid: str
     t0: float

@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from infermeter.records import Span
+from infermeter.records import CallEnergyModel, Span
 
 FEATURES = ("calls", "items", "prefill_tokens", "decode_tokens")
 MIN_WINDOWS = 5  # intervals a class must appear in before its coefficients are used
@@ -88,6 +88,39 @@ class EnergyFit:
 
 
 EMPTY_FIT = EnergyFit({}, None, 0)
+
+
+def fit_records(fit: EnergyFit) -> list[CallEnergyModel]:
+    """The fit as the store keeps it: one record per call class."""
+    return [
+        CallEnergyModel(
+            c.call_class.model,
+            c.call_class.dtype,
+            c.call_class.device_kind,
+            c.j_per_call,
+            c.j_per_item,
+            c.j_per_prefill_token,
+            c.j_per_decode_token,
+            c.windows,
+            fit.r2,
+            fit.windows,
+        )
+        for c in fit.coefficients.values()
+    ]
+
+
+def fit_from_records(records: Iterable[CallEnergyModel]) -> EnergyFit:
+    """A stored fit, back as one (the quality of the first record stands for all)."""
+    coefficients = {}
+    r2: float | None = None
+    windows = 0
+    for r in records:
+        cls = CallClass(r.model, r.dtype, r.device_kind)
+        coefficients[cls] = Coefficients(
+            cls, r.j_per_call, r.j_per_item, r.j_per_prefill_token, r.j_per_decode_token, r.windows
+        )
+        r2, windows = r.r2, max(windows, r.fit_windows)
+    return EnergyFit(coefficients, r2, windows)
 
 
 def call_class(span: Span, device_kind: str) -> CallClass:
@@ -166,6 +199,11 @@ class EnergyModelLearner:
         """A fit an earlier run stored: used until this run has learned its own."""
         if not self._n:
             self._fit = fit
+
+    @property
+    def learned(self) -> bool:
+        """Whether this run has learned from any interval (else the fit is a seed, or empty)."""
+        return self._n > 0
 
     def fit(self) -> EnergyFit:
         """The current fit, solved again when intervals were added since the last."""

@@ -41,6 +41,10 @@ class EnergyWeights:
         self.levels = PowerLevels()
         self.fit: EnergyFit = self.learner.fit()
 
+    def seed(self, fit: EnergyFit) -> None:
+        self.learner.seed(fit)
+        self.fit = self.learner.fit()
+
     def resplit(self, shares: Sequence[Share], spans_of: SpansOf) -> list[Share]:
         """Learn from these intervals, then split each window's active energy among its targets."""
         windows: dict[tuple[str, int], list[list[Share]]] = {}

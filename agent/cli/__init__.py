@@ -62,6 +62,7 @@ COMMAND_MODULES = {
     "db": "db",
     "demo": "demo",
     "exec": "exec_cmd",
+    "model-energy": "model_energy",
     "export": "export",
     "plugins": "plugins",
     "prices": "prices",

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from infermeter.attribute.baseline import BaselineLearner
+from infermeter.attribute.energy_model import EnergyFit, fit_from_records, fit_records
 from infermeter.attribute.energy_weights import EnergyWeights
 from infermeter.attribute.ledger import SpanLedger
 from infermeter.attribute.readings import implausible
@@ -67,6 +68,7 @@ class Agent:
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
         self.energy = EnergyWeights(self._device_kind)
+        self._saved_fit: EnergyFit | None = None
         self.card: PriceCard | None = card_or_none(config)
         self.span_sources: list[SpanSource] = list(span_sources or [])
         self._sources_given = span_sources is not None
@@ -128,6 +130,10 @@ class Agent:
         if self.store is not None:
             for uid, (idle_w, keepwarm_w) in self.store.learned_baselines().items():
                 self.learner.seed(uid, idle_w, keepwarm_w)
+            try:
+                self.energy.seed(fit_from_records(self.store.energy_models()))
+            except Exception as e:  # a store from before the table: learn afresh
+                log.warning("could not read the stored energy model: %s", _one_line(e))
         names = ", ".join(m.name for m in self.meters) or "none"
         log.info("meters: %s", names)
 
@@ -319,7 +325,21 @@ class Agent:
         if batch.shares or batch.calls:
             self._unwritten.append(batch)
         written, _ = self._write_unwritten()
+        self._save_energy_model(now)
         return written
+
+    def _save_energy_model(self, now: float) -> None:
+        """Store the energy model when this run refitted it (never at the cost of a flush)."""
+        assert self.store is not None
+        fit = self.energy.fit
+        if fit is self._saved_fit or not self.energy.learner.learned or self._store_failing:
+            return
+        try:
+            self.store.save_energy_models(fit_records(fit), now)
+        except Exception as e:
+            log.warning("could not store the energy model: %s", _one_line(e))
+            return
+        self._saved_fit = fit
 
     def _write_unwritten(self) -> tuple[int, int]:
         """Write the held batches, oldest first, until the store refuses one.

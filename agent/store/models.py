@@ -161,6 +161,23 @@ class RequestRow(Base):
     seq: Mapped[int]
 
 
+class CallEnergyModelRow(Base):
+    __table__ = schema.call_energy_models
+    id: Mapped[int]
+    host_id: Mapped[int]
+    model: Mapped[str]
+    dtype: Mapped[str]
+    device_kind: Mapped[str]
+    j_per_call: Mapped[float]
+    j_per_item: Mapped[float]
+    j_per_prefill_token: Mapped[float]
+    j_per_decode_token: Mapped[float]
+    windows: Mapped[int]
+    r2: Mapped[float | None]
+    fit_windows: Mapped[int]
+    updated_at: Mapped[float]
+
+
 class QuarantineRow(Base):
     """Something the store or the agent refused, with the reason."""
 

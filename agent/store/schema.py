@@ -262,6 +262,27 @@ agent_state = Table(
 # What the store or the agent refused, with why: a row the database would not
 # take, a span out of range, an hour the rollup could not sum. One bad input
 # is set aside here instead of costing the rest of its batch.
+# The learned energy of one call class per host (attribute/energy_model.py),
+# replaced at every flush that refits it.
+call_energy_models = Table(
+    "call_energy_models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("dtype", String(32), nullable=False),  # "" when the spans did not say
+    Column("device_kind", String(32), nullable=False),
+    Column("j_per_call", Float, nullable=False),
+    Column("j_per_item", Float, nullable=False),
+    Column("j_per_prefill_token", Float, nullable=False),
+    Column("j_per_decode_token", Float, nullable=False),
+    Column("windows", Integer, nullable=False),  # intervals this class was learned from
+    Column("r2", Float),  # of the whole fit; None with too few intervals
+    Column("fit_windows", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("host_id", "model", "dtype", "device_kind"),
+)
+
 quarantine = Table(
     "quarantine",
     metadata,

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from infermeter.errors import StoreError
 from infermeter.records import (
     CallEnergy,
+    CallEnergyModel,
     Device,
     DeviceWindowRecord,
     Price,
@@ -41,6 +42,7 @@ from infermeter.records import (
 from infermeter.store.models import (
     AgentState,
     Base,
+    CallEnergyModelRow,
     DeviceRow,
     DeviceWindow,
     Host,
@@ -506,6 +508,85 @@ class Store:
                 .where(Host.name == self.host)
             ).all()
         return {r.uid: (r.idle_power_w, r.keepwarm_power_w) for r in rows}
+
+    def save_energy_models(self, models: Sequence[CallEnergyModel], now: float) -> int:
+        """Replace this host's stored coefficients of these call classes; returns rows written.
+
+        One small transaction of its own, after the flush: the coefficients
+        only weigh future splits, so a failure here never costs a flush.
+        Non-finite values (which SQLite would store as NULL) are left out.
+        """
+        rows = [
+            m
+            for m in models
+            if all(
+                math.isfinite(v)
+                for v in (m.j_per_call, m.j_per_item, m.j_per_prefill_token, m.j_per_decode_token)
+            )
+        ]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            host_id = self.host_id(conn, now)
+            for m in rows:
+                conn.execute(
+                    delete(CallEnergyModelRow).where(
+                        CallEnergyModelRow.host_id == host_id,
+                        CallEnergyModelRow.model == m.model,
+                        CallEnergyModelRow.dtype == m.dtype,
+                        CallEnergyModelRow.device_kind == m.device_kind,
+                    )
+                )
+            conn.execute(
+                insert(CallEnergyModelRow),
+                [
+                    {
+                        "host_id": host_id,
+                        "model": m.model,
+                        "dtype": m.dtype,
+                        "device_kind": m.device_kind,
+                        "j_per_call": m.j_per_call,
+                        "j_per_item": m.j_per_item,
+                        "j_per_prefill_token": m.j_per_prefill_token,
+                        "j_per_decode_token": m.j_per_decode_token,
+                        "windows": m.windows,
+                        "r2": m.r2 if m.r2 is not None and math.isfinite(m.r2) else None,
+                        "fit_windows": m.fit_windows,
+                        "updated_at": now,
+                    }
+                    for m in rows
+                ],
+            )
+        return len(rows)
+
+    def energy_models(self, host: str | None = None) -> list[CallEnergyModel]:
+        """The stored coefficients of one host (this one by default), by model."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(CallEnergyModelRow.__table__)
+                .join(Host, Host.id == CallEnergyModelRow.host_id)
+                .where(Host.name == (host or self.host))
+                .order_by(
+                    CallEnergyModelRow.model,
+                    CallEnergyModelRow.dtype,
+                    CallEnergyModelRow.device_kind,
+                )
+            ).all()
+            return [
+                CallEnergyModel(
+                    r.model,
+                    r.dtype,
+                    r.device_kind,
+                    r.j_per_call,
+                    r.j_per_item,
+                    r.j_per_prefill_token,
+                    r.j_per_decode_token,
+                    r.windows,
+                    r.r2,
+                    r.fit_windows,
+                )
+                for r in rows
+            ]
 
     # ----- rollups and retention -------------------------------------------
 
