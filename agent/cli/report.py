@@ -301,6 +301,13 @@ def _footnotes(report: Report) -> list[Text]:
             f"* leaves out {sig(report.totals.cost.unpriced_kwh)} kWh that the price card "
             "could not price"
         )
+    if report.served_active_j > 0:
+        carried = min(1.0, report.request_energy_j / report.served_active_j)
+        notes.append(
+            f"requests carry {carried:.1%} of the active energy of what served them; "
+            f"{sig(report.overhead_j / 3.6e6)} kWh is overhead: intervals in which a process "
+            "drew energy with no request in flight (loading, warm-up, work outside requests)"
+        )
     notes.append(
         "p50/p95 within 4.4% (log histogram); util: busy fraction of the devices used, "
         "weighted by energy"

@@ -123,6 +123,14 @@ class Report:
     rollup_days: int  # host-days whose requests were read from request_daily
     raw_ranges: tuple[tuple[float, float], ...]  # ranges read from raw rows
     stored: tuple[float, float] | None  # what the store holds, whatever the range
+    # The active energy of the groups that served requests, and what the
+    # requests carry of it; the rest ran with no request in flight (overhead).
+    served_active_j: float = 0.0
+    request_energy_j: float = 0.0
+
+    @property
+    def overhead_j(self) -> float:
+        return max(0.0, self.served_active_j - self.request_energy_j)
 
     @property
     def empty(self) -> bool:
@@ -294,7 +302,10 @@ def build_report(
     total = _Acc()
     for row in usage:
         total.add(row, busy.get((row.device_id, row.hour)))
+    active_by_key: dict[Any, float] = {}
     for key, bucket, basis, energy_j in bases:
+        if bucket == "active":
+            active_by_key[key] = active_by_key.get(key, 0.0) + energy_j
         gid = _group_of(by, key, bucket)
         if gid in accs:
             accs[gid].bases[basis] = accs[gid].bases.get(basis, 0.0) + energy_j
@@ -308,6 +319,10 @@ def build_report(
         for gid, acc in accs.items()
     ]
     groups.sort(key=_order)
+    # Active energy of the groups that served requests, against what their requests carry.
+    served_j = sum(e for k, e in active_by_key.items() if k in requests and requests[k].requests)
+    if by == "device":  # requests belong to no single device: the whole host's
+        served_j = sum(active_by_key.values()) if all_requests.requests else 0.0
     return Report(
         t_from=t_from,
         t_to=t_to,
@@ -327,6 +342,8 @@ def build_report(
         rollup_days=p.rollup_days,
         raw_ranges=tuple(sorted({(s.lo, s.hi) for s in p.raw})),
         stored=stored,
+        served_active_j=served_j,
+        request_energy_j=all_requests.energy_j,
     )
 
 

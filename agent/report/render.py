@@ -77,6 +77,9 @@ def report_json(report: Report) -> dict[str, Any]:
             "utilisation": report.utilisation,
             "methods": dict(report.methods),
             "bases": dict(report.bases),
+            "served_active_j": report.served_active_j,
+            "request_energy_j": report.request_energy_j,
+            "overhead_j": report.overhead_j,
         },
         "groups": [
             {

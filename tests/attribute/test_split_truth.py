@@ -129,3 +129,24 @@ def test_the_report_names_the_split_method(encoder_db: Path, cli_env: dict[str, 
     j = run_cli(cli_env, "--db", f"sqlite:///{encoder_db}", "report", "--from", "0", "--json")
     bases = json.loads(j.stdout)["totals"]["bases"]
     assert bases["energy-model"] > 0
+
+
+def test_the_report_says_how_much_is_overhead_and_why(
+    serving_sqlite_url: str, cli_env: dict[str, str]
+) -> None:
+    j = run_cli(cli_env, "--db", serving_sqlite_url, "report", "--from", "0", "--json")
+    assert j.returncode == 0, j.stderr
+    totals = json.loads(j.stdout)["totals"]
+    served, carried, overhead = (
+        totals["served_active_j"],
+        totals["request_energy_j"],
+        totals["overhead_j"],
+    )
+    with sqlite3.connect(serving_sqlite_url.removeprefix("sqlite:///")) as conn:
+        (stored,) = conn.execute("SELECT sum(energy_j) FROM requests").fetchone()
+    assert carried == pytest.approx(stored)
+    assert carried + overhead == pytest.approx(served)
+    assert 0 < overhead < 0.10 * served
+    text = run_cli(cli_env, "--db", serving_sqlite_url, "report", "--from", "0")
+    flat = " ".join(text.stdout.split())
+    assert "is overhead: intervals in which a process drew energy with no request in flight" in flat
