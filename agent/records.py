@@ -170,6 +170,8 @@ class Share:
     target: TargetKey | None = None
     model: str | None = None
     tenant: str | None = None
+    # How its energy was split: the reading's basis, or after a split between
+    # processes energy-model | sm-util*power (attribute/target_split.py); baseline for idle.
     weight_basis: str = "none"
 
 

@@ -156,3 +156,34 @@ def test_spreading_a_window_conserves_every_interval_and_gives_the_proportions(
     if len(pids) == 2 and total > 0:
         first = sum(s.energy_j for s in out if s.target == ("h", pids[0], 0.0))
         assert first == pytest.approx(total * wa / (wa + wb), rel=1e-9, abs=1e-9)
+
+
+def test_without_spans_a_shared_second_is_split_by_sm_time_times_each_own_power() -> None:
+    from infermeter.attribute.energy_weights import EnergyWeights
+
+    weights = EnergyWeights(lambda _uid: "gpu")
+    no_spans = lambda _pid, _t0, _t1: []  # noqa: E731
+    # Alone: process 1 draws 300 W above keep-warm, process 2 100 W (3 s each).
+    alone = [_one(float(t), 1, 300.0) for t in range(3)] + [
+        _one(float(t), 2, 100.0) for t in range(3, 6)
+    ]
+    assert weights.resplit(alone, no_spans) == alone  # one process a second: nothing to split
+    # Together, the meter saw them half the samples each: 200 J split 1:1 by SM time.
+    shared = [_one(10.0, 1, 100.0), _one(10.0, 2, 100.0)]
+    out = weights.resplit(shared, no_spans)
+    got = {s.target[1]: s for s in out if s.target}
+    assert {s.weight_basis for s in got.values()} == {SM_POWER}
+    assert got[1].energy_j == pytest.approx(150.0) and got[2].energy_j == pytest.approx(50.0)
+
+
+def _one(t0: float, pid: int, energy: float) -> Share:
+    return Share(
+        t0,
+        t0 + 1.0,
+        "GPU-0",
+        Bucket.ACTIVE,
+        Method.MEASURED,
+        energy,
+        target=("h", pid, 0.0),
+        weight_basis="sm-util",
+    )
