@@ -115,6 +115,7 @@ class DeviceWindow(Base):
     method: Mapped[str]
     busy_fraction: Mapped[float | None]
     memory_used_bytes: Mapped[int | None]
+    profile: Mapped[str | None]
 
 
 class UsageHourly(Base):

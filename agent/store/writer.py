@@ -38,6 +38,7 @@ from infermeter.records import (
     Target,
     TargetKey,
 )
+from infermeter.store import window_profile
 from infermeter.store.models import (
     AgentState,
     Base,
@@ -412,6 +413,7 @@ class Store:
                     "method": str(w.method),
                     "busy_fraction": w.busy_fraction,
                     "memory_used_bytes": w.memory_used_bytes,
+                    "profile": window_profile.encode(w.profile, w.t0),
                 }
                 for w in batch.windows
                 if w.device_uid in self._device_ids
