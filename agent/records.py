@@ -168,7 +168,14 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """Energy of one reading assigned to one bucket."""
+    """Energy of one reading assigned to one bucket.
+
+    A share merged over a flush window (attribute.split.merge_shares) keeps
+    in ``drawn_t0``/``drawn_t1`` the part of [t0, t1) its energy came from:
+    the first and last interval that gave it any. A process that stops (or
+    an ``other`` draw that starts) inside a window is then placed in time,
+    for a report whose range cuts the window. None: all of [t0, t1).
+    """
 
     t0: float
     t1: float
@@ -180,6 +187,8 @@ class Share:
     model: str | None = None
     tenant: str | None = None
     weight_basis: str = "none"
+    drawn_t0: float | None = None
+    drawn_t1: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

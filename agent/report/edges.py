@@ -1,32 +1,36 @@
 """The share rows a report's range cuts: how much of each fell inside it.
 
-Shares are stored per flush window (10 s by default) and the rest of the
-report takes a row whole by its ``t0`` (report/query.py): a row starting in
-[since, until) counts whole, one starting before ``since`` not at all. A
-row whose window straddles ``since`` or ``until`` is therefore corrected
-here: it adds ``factor`` times itself, the part of it inside the range less
-what the plan already counted (1 or 0). A 7 s range inside one 10 s window
-then reads the 7 s, not nothing, and ``--from``/``--to`` are exact to the
-second. Rows wholly inside count whole, as before; the rollups are not
-touched.
+Shares are stored per flush window (10 s by default) and the report takes a
+row whole by its ``t0`` (report/query.py): a row starting in [since, until)
+counts whole, one starting before ``since`` not at all. A row whose window
+straddles ``since`` or ``until`` is corrected here: it adds ``factor``
+times itself, the part of it inside the range less what the plan counted
+already (1 or 0). A 7 s range inside one 10 s window then reads those 7 s,
+not nothing, and ``--from``/``--to`` are exact to the second. Rows wholly
+inside count whole, as before; the rollups are not touched.
 
-The part inside a window is not its share of the time: phases start and
-stop steeply (118 W to 400 W within 0.1 s), so a second at the edge of a
-window can hold a tenth of its energy or a third. The ``idle`` bucket is the
-bare baseline, constant in time, and is taken by time. Every other bucket
-(keep-warm, active, other: the draw above idle) is taken by the device
-window's profile (Reading.profile, store.window_profile): the energy above
-the window's idle power inside the overlap, over that of the whole window,
-piece by piece (a piece cut by the bound, by time within it). A window
-without a profile (a CPU meter, a row written before profiles existed) is
-taken by time. Money and carbon follow their row's energy.
+The part inside is not the share of the time: phases start and stop
+steeply (118 W to 400 W within 0.1 s), so the second at the edge of a
+window can hold a tenth of its energy or a third. Each row is placed where
+it was drawn (``drawn_t0``/``drawn_t1``, records.Share; all of its window
+when NULL), and inside that:
 
-Only raw rows can be cut: a bound whose rows were pruned by retention
-stays as the rollups count it, by ``t0``.
+- ``idle``, the bare baseline, and ``keepwarm``, the fixed draw of a held
+  context, are constant in time: taken by time;
+- ``active`` and ``other``, the rest, follow the device window's profile
+  (store.window_profile): the energy the profile drew above the idle and
+  keep-warm power of the same moments, inside the range, over that of the
+  row's whole drawn span; a piece the bound cuts is taken by time within
+  it. A window without a profile (a CPU meter's, a row written before
+  profiles existed) or with nothing above that baseline is taken by time.
+
+Money and carbon follow their row's energy. Only raw rows can be cut: a
+bound whose rows retention has pruned stays as the rollups count it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +41,9 @@ from infermeter.records import Profile
 from infermeter.store import schema, window_profile
 from infermeter.store.request_sql import hour_floor
 
-# Shares and windows longer than this are not looked for (the agent writes
-# one window per flush, agent.flush_s, 10 s by default): it bounds the index
-# range each bound reads to an hour of rows.
+# Rows longer than this are not looked for (the agent writes one window per
+# flush, agent.flush_s, 10 s by default): it bounds the index range that each
+# bound reads to an hour of rows.
 HORIZON_S = 3600.0
 
 
@@ -53,8 +57,8 @@ class Window:
     t1: float
     busy_fraction: float | None
     profile: Profile | None
-    hour: float  # as EdgeShare.hour
-    factor: float  # by time: the part inside the range less the part the plan counted
+    hour: float = 0.0  # as EdgeShare.hour
+    factor: float = 0.0  # by time: the part inside the range less the part the plan counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,7 @@ class EdgeShare:
     device_id: int
     t0: float
     t1: float
-    hour: float  # the hour it is counted in: of its t0, or of ``since`` for one before
+    hour: float  # the hour it counts in: of its t0, or of ``since`` for a row before it
     target_id: int | None
     model_id: int | None
     tenant: str | None
@@ -91,49 +95,133 @@ class Cut:
     windows: tuple[Window, ...] = ()
 
 
-def overlap(t0: float, t1: float, since: float, until: float) -> tuple[float, float]:
-    return max(t0, since), min(t1, until)
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A cut share row as read: its window, bucket, energy and where it was drawn."""
+
+    raw: Any
+    t0: float
+    t1: float
+    bucket: str
+    energy_j: float
+    lo: float  # drawn from
+    hi: float  # drawn until
 
 
-def time_fraction(t0: float, t1: float, lo: float, hi: float) -> float:
-    """The share of [t0, t1) that [lo, hi) covers, by time."""
-    return max(hi - lo, 0.0) / (t1 - t0) if t1 > t0 else 0.0
+def covered(t0: float, t1: float, lo: float, hi: float) -> float:
+    """The share (0..1) of [t0, t1) that [lo, hi) covers."""
+    return max(min(hi, t1) - max(lo, t0), 0.0) / (t1 - t0) if t1 > t0 else 0.0
 
 
-def above_idle(profile: Profile, t0: float, idle_w: float, lo: float, hi: float) -> float:
-    """Joules above ``idle_w`` that ``profile`` (starting at ``t0``) drew in [lo, hi).
+class Shape:
+    """How the rows of one cut window drew its energy, piece by piece, as attribution splits it.
 
-    Each piece counts what it drew above idle (never below nothing); a
-    piece the bounds cut counts the part of that they cover, by time.
+    Attribution (attribute.split) takes idle first, then a fixed keep-warm
+    draw capped at what is left, and calls the rest active (or other). The
+    window's profile gives each piece's excess over idle. While keep-warm
+    rows were drawn, their level ``keepwarm_w`` is the one constant draw,
+    so capped, that adds up to the keep-warm they hold (found by bisection);
+    a keep-warm row follows min(excess, level). What lies above is shared,
+    piece by piece, by the active and other rows drawn at that moment, each
+    with a weight scaled until every row gets its own energy (iterative
+    proportional fitting): a process that stopped early in the window takes
+    nothing after it stopped, and one that ran alone at the end takes all
+    of the end.
     """
-    total = 0.0
-    start = t0
-    for end, joules in profile:
-        if end > start:
-            above = max(joules - idle_w * (end - start), 0.0)
-            total += above * time_fraction(start, end, max(lo, start), min(hi, end))
-        start = max(start, end)
-    return total
+
+    def __init__(self, profile: Profile, t0: float, idle_w: float, rows: Sequence[_Row]):
+        pieces = []
+        start = t0
+        for end, joules in profile:
+            if end > start:
+                pieces.append((start, end, max(joules - idle_w * (end - start), 0.0)))
+            start = max(start, end)
+        self.pieces = pieces
+        keepwarm = [r for r in rows if r.bucket == "keepwarm" and r.energy_j > 0]
+        self.held = (
+            (min(r.lo for r in keepwarm), max(r.hi for r in keepwarm)) if keepwarm else (t0, t0)
+        )
+        self.keepwarm_w = self._level(sum(r.energy_j for r in keepwarm))
+        self.rest = [r for r in rows if r.bucket not in ("idle", "keepwarm") and r.energy_j > 0]
+        self.above = [x - self._flat(a, b, x, self.keepwarm_w) for a, b, x in pieces]
+        self.cover = [[covered(a, b, r.lo, r.hi) for a, b, _x in pieces] for r in self.rest]
+        self.drawn = self._shares(self._fit())  # per active/other row, its joules per piece
+
+    def _flat(self, a: float, b: float, excess: float, level: float) -> float:
+        """The keep-warm part of a piece's excess."""
+        if level <= 0 or b <= self.held[0] or a >= self.held[1]:
+            return 0.0
+        return min(excess, level * (b - a)) * covered(a, b, *self.held)
+
+    def _level(self, target: float) -> float:
+        if target <= 0:
+            return 0.0
+
+        def held(level: float) -> float:
+            return sum(self._flat(a, b, x, level) for a, b, x in self.pieces)
+
+        if held(math.inf) <= target:
+            return math.inf  # keep-warm took every piece's excess
+        lo, hi = 0.0, max((x / (b - a) for a, b, x in self.pieces), default=0.0)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if held(mid) < target else (lo, mid)
+        return (lo + hi) / 2
+
+    def _fit(self, rounds: int = 30) -> list[float]:
+        """Weights of the active/other rows such that each one's pieces add up to its energy."""
+        scale = [1.0] * len(self.rest)
+        for _ in range(rounds):
+            got = self._shares(scale)
+            new = [
+                s * r.energy_j / g if g > 0 else s
+                for s, r, g in zip(scale, self.rest, map(sum, got), strict=True)
+            ]
+            if all(abs(n - s) <= 1e-6 * s for n, s in zip(new, scale, strict=True)):
+                return new
+            scale = new
+        return scale
+
+    def _shares(self, scale: Sequence[float]) -> list[list[float]]:
+        """Each row's joules in each piece: the piece's excess shared by weight x coverage."""
+        cover = self.cover
+        out = [[0.0] * len(self.above) for _ in cover]
+        for i, x in enumerate(self.above):
+            if x <= 0:
+                continue
+            total = sum(s * c[i] for s, c in zip(scale, cover, strict=True))
+            if total <= 0:
+                continue
+            for k, (s, c) in enumerate(zip(scale, cover, strict=True)):
+                out[k][i] = x * s * c[i] / total
+        return out
+
+    def part(self, row: _Row, lo: float, hi: float) -> float | None:
+        """The part (0..1) of a keep-warm, active or other row drawn in [lo, hi); None: no shape."""
+        if row.bucket == "keepwarm":
+            per = [
+                (a, b, self._flat(a, b, x, self.keepwarm_w) * covered(a, b, row.lo, row.hi))
+                for a, b, x in self.pieces
+            ]
+        elif row in self.rest:
+            mine = self.drawn[self.rest.index(row)]
+            per = [(a, b, j) for (a, b, _x), j in zip(self.pieces, mine, strict=True)]
+        else:
+            return None
+        whole = sum(j for _a, _b, j in per)
+        if whole <= 0:
+            return None
+        inside = sum(j * covered(a, b, lo, hi) for a, b, j in per)
+        return min(inside / whole, 1.0)
 
 
-def part_inside(
-    bucket: str,
-    t0: float,
-    t1: float,
-    since: float,
-    until: float,
-    window: Window | None,
-    idle_w: float,
-) -> float:
-    """The part (0..1) of a share row over [t0, t1) that fell inside [since, until)."""
-    lo, hi = overlap(t0, t1, since, until)
-    by_time = time_fraction(t0, t1, lo, hi)
-    if bucket == "idle" or window is None or window.profile is None:
+def part_inside(row: _Row, since: float, until: float, shape: Shape | None) -> float:
+    """The part (0..1) of a share row's energy that was drawn inside [since, until)."""
+    by_time = covered(row.lo, row.hi, since, until)
+    if row.bucket == "idle" or shape is None:
         return by_time
-    whole = above_idle(window.profile, window.t0, idle_w, t0, t1)
-    if whole <= 0:
-        return by_time
-    return min(above_idle(window.profile, window.t0, idle_w, lo, hi) / whole, 1.0)
+    part = shape.part(row, max(row.lo, since), min(row.hi, until))
+    return by_time if part is None else part
 
 
 def cut(conn: Connection, host_ids: Sequence[int], since: float, until: float) -> Cut:
@@ -148,13 +236,25 @@ def cut(conn: Connection, host_ids: Sequence[int], since: float, until: float) -
     )
 
 
+def _factor(t0: float, inside: float, since: float, until: float) -> float:
+    """What to add of a row: the part inside less what the plan counted (by its t0)."""
+    return inside - (1.0 if since <= t0 < until else 0.0)
+
+
 def _counted(w: Window, since: float, until: float) -> Window:
-    inside = time_fraction(w.t0, w.t1, *overlap(w.t0, w.t1, since, until))
-    counted = 1.0 if since <= w.t0 < until else 0.0
+    factor = _factor(w.t0, covered(w.t0, w.t1, since, until), since, until)
     hour = hour_floor(max(w.t0, since))
-    return Window(
-        w.host_id, w.device_id, w.t0, w.t1, w.busy_fraction, w.profile, hour, inside - counted
-    )
+    return Window(w.host_id, w.device_id, w.t0, w.t1, w.busy_fraction, w.profile, hour, factor)
+
+
+def _cut_by(table_c: Any, host_ids: Sequence[int], bound: float) -> list[Any]:
+    """Rows of ``host_ids`` that start before ``bound`` and end after it (t0 index)."""
+    return [
+        table_c.host_id.in_(list(host_ids)),
+        table_c.t0 >= bound - HORIZON_S,
+        table_c.t0 < bound,
+        table_c.t1 > bound,
+    ]
 
 
 def _cut_shares(
@@ -166,7 +266,7 @@ def _cut_shares(
     windows: dict[int, list[Window]],
 ) -> list[EdgeShare]:
     s = schema.usage_shares.c
-    rows: dict[int, Any] = {}
+    found: dict[int, Any] = {}
     for bound in bounds:
         q = select(
             s.id,
@@ -184,53 +284,55 @@ def _cut_shares(
             s.energy_cost,
             s.capacity_cost,
             s.carbon_g,
+            s.drawn_t0,
+            s.drawn_t1,
         ).where(*_cut_by(s, host_ids, bound))
-        rows.update((int(r.id), r) for r in conn.execute(q))
-    if not rows:
-        return []
-    idle_w = _idle_power(rows.values())
-    out: list[EdgeShare] = []
-    for r in rows.values():
+        found.update((int(r.id), r) for r in conn.execute(q))
+    by_window: dict[tuple[int, float, float], list[_Row]] = {}
+    for r in found.values():
         t0, t1 = float(r.t0), float(r.t1)
-        device_id = int(r.device_id)
+        lo = t0 if r.drawn_t0 is None else max(float(r.drawn_t0), t0)
+        hi = t1 if r.drawn_t1 is None else min(float(r.drawn_t1), t1)
+        row = _Row(r, t0, t1, str(r.bucket), float(r.energy_j), lo, hi if hi > lo else t1)
+        by_window.setdefault((int(r.device_id), t0, t1), []).append(row)
+    out: list[EdgeShare] = []
+    for (device_id, t0, t1), rows in by_window.items():
         window = _window_of(windows.get(device_id, ()), t0, t1)
-        inside = part_inside(
-            str(r.bucket), t0, t1, since, until, window, idle_w.get((device_id, t0, t1), 0.0)
-        )
-        counted = 1.0 if since <= t0 < until else 0.0
-        if inside == counted:
-            continue
-        out.append(
-            EdgeShare(
-                host_id=int(r.host_id),
-                device_id=device_id,
-                t0=t0,
-                t1=t1,
-                hour=hour_floor(max(t0, since)),
-                target_id=None if r.target_id is None else int(r.target_id),
-                model_id=None if r.model_id is None else int(r.model_id),
-                tenant=None if r.tenant is None else str(r.tenant),
-                bucket=str(r.bucket),
-                method=str(r.method),
-                weight_basis=str(r.weight_basis),
-                energy_j=float(r.energy_j),
-                energy_cost=None if r.energy_cost is None else float(r.energy_cost),
-                capacity_cost=None if r.capacity_cost is None else float(r.capacity_cost),
-                carbon_g=None if r.carbon_g is None else float(r.carbon_g),
-                factor=inside - counted,
-            )
-        )
+        shape = None
+        if window is not None and window.profile is not None and t1 > t0:
+            idle_w = sum(r.energy_j for r in rows if r.bucket == "idle") / (t1 - t0)
+            shape = Shape(window.profile, window.t0, idle_w, rows)
+        for row in rows:
+            factor = _factor(t0, part_inside(row, since, until, shape), since, until)
+            if factor != 0.0:
+                out.append(_edge_share(row, since, factor))
     return out
 
 
-def _cut_by(table_c: Any, host_ids: Sequence[int], bound: float) -> list[Any]:
-    """Rows of ``host_ids`` that start before ``bound`` and end after it (t0 index)."""
-    return [
-        table_c.host_id.in_(list(host_ids)),
-        table_c.t0 >= bound - HORIZON_S,
-        table_c.t0 < bound,
-        table_c.t1 > bound,
-    ]
+def _edge_share(row: _Row, since: float, factor: float) -> EdgeShare:
+    r = row.raw
+    return EdgeShare(
+        host_id=int(r.host_id),
+        device_id=int(r.device_id),
+        t0=row.t0,
+        t1=row.t1,
+        hour=hour_floor(max(row.t0, since)),
+        target_id=None if r.target_id is None else int(r.target_id),
+        model_id=None if r.model_id is None else int(r.model_id),
+        tenant=None if r.tenant is None else str(r.tenant),
+        bucket=row.bucket,
+        method=str(r.method),
+        weight_basis=str(r.weight_basis),
+        energy_j=row.energy_j,
+        energy_cost=_opt(r.energy_cost),
+        capacity_cost=_opt(r.capacity_cost),
+        carbon_g=_opt(r.carbon_g),
+        factor=factor,
+    )
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _windows(
@@ -250,9 +352,8 @@ def _windows(
                 continue
             seen.add(key)
             t0 = float(r.t0)
-            busy = None if r.busy_fraction is None else float(r.busy_fraction)
             profile = window_profile.decode(r.profile, t0)
-            window = Window(int(r.host_id), key[0], t0, float(r.t1), busy, profile, 0.0, 0.0)
+            window = Window(int(r.host_id), key[0], t0, float(r.t1), _opt(r.busy_fraction), profile)
             out.setdefault(key[0], []).append(window)
     return out
 
@@ -266,13 +367,3 @@ def _window_of(windows: Sequence[Window], t0: float, t1: float) -> Window | None
         if common > best_s:
             best, best_s = w, common
     return best
-
-
-def _idle_power(rows: Iterable[Any]) -> dict[tuple[int, float, float], float]:
-    """Watts of the ``idle`` bucket per cut row's device and window: the baseline it held."""
-    idle_j: dict[tuple[int, float, float], float] = {}
-    for r in rows:
-        if str(r.bucket) == "idle":
-            key = (int(r.device_id), float(r.t0), float(r.t1))
-            idle_j[key] = idle_j.get(key, 0.0) + float(r.energy_j)
-    return {k: j / (k[2] - k[1]) for k, j in idle_j.items() if k[2] > k[1]}

@@ -137,6 +137,9 @@ usage_shares = Table(
     Column("capacity_cost", Float),
     Column("carbon_g", Float),
     Column("price_card_id", Integer, ForeignKey("price_cards.id")),
+    # Where in [t0, t1) the energy was drawn (records.Share); NULL: all of it.
+    Column("drawn_t0", Float),
+    Column("drawn_t1", Float),
     Index("ix_usage_shares_t0", "t0"),
     Index("ix_usage_shares_model_id_t0", "model_id", "t0"),
     Index("ix_usage_shares_target_id_t0", "target_id", "t0"),

@@ -396,6 +396,8 @@ class Store:
                     "method": str(s.method),
                     "weight_basis": s.weight_basis,
                     "energy_j": s.energy_j,
+                    "drawn_t0": s.drawn_t0,
+                    "drawn_t1": s.drawn_t1,
                     **_price_columns(batch.share_prices, i, card_id),
                 }
             )
