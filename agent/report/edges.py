@@ -96,7 +96,7 @@ class Cut:
 
 
 @dataclass(frozen=True, slots=True)
-class _Row:
+class CutRow:
     """A cut share row as read: its window, bucket, energy and where it was drawn."""
 
     raw: Any
@@ -129,7 +129,7 @@ class Shape:
     of the end.
     """
 
-    def __init__(self, profile: Profile, t0: float, idle_w: float, rows: Sequence[_Row]):
+    def __init__(self, profile: Profile, t0: float, idle_w: float, rows: Sequence[CutRow]):
         pieces = []
         start = t0
         for end, joules in profile:
@@ -196,7 +196,7 @@ class Shape:
                 out[k][i] = x * s * c[i] / total
         return out
 
-    def part(self, row: _Row, lo: float, hi: float) -> float | None:
+    def part(self, row: CutRow, lo: float, hi: float) -> float | None:
         """The part (0..1) of a keep-warm, active or other row drawn in [lo, hi); None: no shape."""
         if row.bucket == "keepwarm":
             per = [
@@ -215,7 +215,7 @@ class Shape:
         return min(inside / whole, 1.0)
 
 
-def part_inside(row: _Row, since: float, until: float, shape: Shape | None) -> float:
+def part_inside(row: CutRow, since: float, until: float, shape: Shape | None) -> float:
     """The part (0..1) of a share row's energy that was drawn inside [since, until)."""
     by_time = covered(row.lo, row.hi, since, until)
     if row.bucket == "idle" or shape is None:
@@ -288,12 +288,12 @@ def _cut_shares(
             s.drawn_t1,
         ).where(*_cut_by(s, host_ids, bound))
         found.update((int(r.id), r) for r in conn.execute(q))
-    by_window: dict[tuple[int, float, float], list[_Row]] = {}
+    by_window: dict[tuple[int, float, float], list[CutRow]] = {}
     for r in found.values():
         t0, t1 = float(r.t0), float(r.t1)
         lo = t0 if r.drawn_t0 is None else max(float(r.drawn_t0), t0)
         hi = t1 if r.drawn_t1 is None else min(float(r.drawn_t1), t1)
-        row = _Row(r, t0, t1, str(r.bucket), float(r.energy_j), lo, hi if hi > lo else t1)
+        row = CutRow(r, t0, t1, str(r.bucket), float(r.energy_j), lo, hi if hi > lo else t1)
         by_window.setdefault((int(r.device_id), t0, t1), []).append(row)
     out: list[EdgeShare] = []
     for (device_id, t0, t1), rows in by_window.items():
@@ -309,7 +309,7 @@ def _cut_shares(
     return out
 
 
-def _edge_share(row: _Row, since: float, factor: float) -> EdgeShare:
+def _edge_share(row: CutRow, since: float, factor: float) -> EdgeShare:
     r = row.raw
     return EdgeShare(
         host_id=int(r.host_id),
