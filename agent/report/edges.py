@@ -13,16 +13,18 @@ The part inside is not the share of the time: phases start and stop
 steeply (118 W to 400 W within 0.1 s), so the second at the edge of a
 window can hold a tenth of its energy or a third. Each row is placed where
 it was drawn (``drawn_t0``/``drawn_t1``, records.Share; all of its window
-when NULL), and inside that:
+when NULL), and inside that as attribution split it (``Shape``):
 
-- ``idle``, the bare baseline, and ``keepwarm``, the fixed draw of a held
-  context, are constant in time: taken by time;
-- ``active`` and ``other``, the rest, follow the device window's profile
-  (store.window_profile): the energy the profile drew above the idle and
-  keep-warm power of the same moments, inside the range, over that of the
-  row's whole drawn span; a piece the bound cuts is taken by time within
-  it. A window without a profile (a CPU meter's, a row written before
-  profiles existed) or with nothing above that baseline is taken by time.
+- ``idle``, the bare baseline, is constant in time: taken by time;
+- ``keepwarm`` is a fixed draw capped at what the device drew above idle:
+  it follows that capped level through the window's profile
+  (store.window_profile);
+- ``active`` and ``other``, the rest, follow what the profile drew above
+  idle and keep-warm, shared at each moment by the rows drawn then;
+
+a piece of the profile that a bound cuts is taken by time within it. A
+window without a profile (a CPU meter's, one written before profiles
+existed), or a row with nothing of the profile under it, is taken by time.
 
 Money and carbon follow their row's energy. Only raw rows can be cut: a
 bound whose rows retention has pruned stays as the rollups count it.

@@ -48,6 +48,13 @@ sample outside [0, ceiling] is dropped. A counter that answered NotSupported
 answers, the meter goes back to it. Each degradation is logged once per GPU
 and reason, not every tick.
 
+Profile. Each reading carries how its energy was spread inside its interval
+(``Reading.profile``): the interval cut at the instant power samples into
+pieces of at least ``PROFILE_PIECE_S``, each piece's share of the energy
+its share of the power integral, summing to the reading's energy exactly.
+A report whose range cuts a flush window takes the part inside by it; an
+interval without power samples has none (spread by time).
+
 Weights. ``nvmlDeviceGetProcessUtilization(handle, lastSeen)`` is polled with
 the last seen timestamp carried forward; NotFound (no new sample) is the
 normal idle answer. Under time-slicing it returns one sample per call, the
