@@ -58,6 +58,9 @@ MAX_COUNT = 2**31 - 1
 # (host, pid, process start time): pids are reused, this triple is not.
 TargetKey = tuple[str, int, float]
 
+# How energy was spread over an interval: (t_end, joules) pieces in time order.
+Profile = tuple[tuple[float, float], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -109,6 +112,11 @@ class Reading:
     they are, so a report can say how a split was made. ``holders`` are the
     pids that held the device (a GPU context) whether or not they computed.
     ``busy_fraction`` is how busy the device was (0..1) when the meter knows.
+
+    ``profile`` says how the energy was spread inside the interval, for a
+    report whose range cuts it: ``(t_end, joules)`` pieces in time order,
+    the first starting at ``t0``, the last ending at ``t1``, their joules
+    summing to ``energy_j``. None: nothing finer is known (spread it by time).
     """
 
     device: Device
@@ -122,6 +130,7 @@ class Reading:
     busy_fraction: float | None = None
     memory_used_bytes: int | None = None  # device memory held by processes (peak seen)
     note: str = ""  # why a reading is degraded, when it is
+    profile: Profile | None = None
 
     @property
     def duration_s(self) -> float:
@@ -159,7 +168,14 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """Energy of one reading assigned to one bucket."""
+    """Energy of one reading assigned to one bucket.
+
+    A share merged over a flush window (attribute.split.merge_shares) keeps
+    in ``drawn_t0``/``drawn_t1`` the part of [t0, t1) its energy came from:
+    the first and last interval that gave it any. A process that stops (or
+    an ``other`` draw that starts) inside a window is then placed in time,
+    for a report whose range cuts the window. None: all of [t0, t1).
+    """
 
     t0: float
     t1: float
@@ -173,6 +189,8 @@ class Share:
     # How its energy was split: the reading's basis, or after a split between
     # processes energy-model | sm-util*power (attribute/target_split.py); baseline for idle.
     weight_basis: str = "none"
+    drawn_t0: float | None = None
+    drawn_t1: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +278,8 @@ class DeviceWindowRecord:
     method: Method  # the weakest provenance among the window's readings
     busy_fraction: float | None  # time-weighted mean over the readings that knew it
     memory_used_bytes: int | None  # the peak any reading saw
+    # The readings' profiles end to end (see Reading.profile); None: spread by time.
+    profile: Profile | None = None
 
 
 # ----- the price card and what it says of one share (the store keeps both) -----

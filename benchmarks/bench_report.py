@@ -29,7 +29,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infermeter.cli.report import render, since_start
+from infermeter.cli._time import parse_duration
+from infermeter.cli.report import render, time_range
 from infermeter.report.build import GROUPINGS, Report, build_report
 from infermeter.store.engine import open_engine
 
@@ -64,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     url = f"sqlite:///{args.db}"
     now = time.time()
-    start = since_start(args.since, now)  # as the command reads --since
+    start, _end = time_range(parse_duration(args.since), None, None, now)  # as --since reads
     engine = open_engine(url)
     print(f"store {args.db} ({args.db.stat().st_size / 2**30:.1f} GiB), range --since {args.since}")
     print(f"{'by':8} {'share-idle':10} {'first s':>8} {'best s':>8} {'render s':>9}  read")

@@ -105,13 +105,23 @@ def attribute_reading(
 
 
 def merge_shares(shares: Sequence[Share], t0: float, t1: float) -> list[Share]:
-    """Sum shares of one flush window by bucket, keyed as the store keys them."""
+    """Sum shares of one flush window by bucket, keyed as the store keys them.
+
+    Each merged share says where in the window its energy was drawn
+    (``drawn_t0``/``drawn_t1``: the first and last share that gave any).
+    """
     totals: dict[tuple[object, ...], float] = {}
     first: dict[tuple[object, ...], Share] = {}
+    drawn: dict[tuple[object, ...], tuple[float, float]] = {}
     for s in shares:
         key = (s.device_uid, s.target, s.model, s.tenant, s.bucket, s.method, s.weight_basis)
         totals[key] = totals.get(key, 0.0) + s.energy_j
         first.setdefault(key, s)
+        if s.energy_j != 0.0:
+            lo = s.t0 if s.drawn_t0 is None else s.drawn_t0
+            hi = s.t1 if s.drawn_t1 is None else s.drawn_t1
+            seen = drawn.get(key)
+            drawn[key] = (lo, hi) if seen is None else (min(seen[0], lo), max(seen[1], hi))
     return [
         Share(
             t0=t0,
@@ -124,6 +134,8 @@ def merge_shares(shares: Sequence[Share], t0: float, t1: float) -> list[Share]:
             model=s.model,
             tenant=s.tenant,
             weight_basis=s.weight_basis,
+            drawn_t0=drawn[key][0] if key in drawn else None,
+            drawn_t1=drawn[key][1] if key in drawn else None,
         )
         for key, s in first.items()
     ]

@@ -16,9 +16,13 @@ same either way. A figure whose price is unknown is ``Amount.value = None``
 ("unpriced"), never 0; a partly priced one says how much energy its value
 leaves out.
 
-Request figures (count, items, p50/p95 cost per request) come from
-request_hourly and the raw requests at the edges (report/query.py). The
-p50/p95 are read from a histogram, within ``cost_histogram.RESOLUTION``.
+Energy, money and carbon are exact to the range's bounds: a flush window
+that a bound cuts adds the part of it inside, taken by the window's power
+profile (report/edges.py). Request figures (count, items, p50/p95 cost per
+request) come from request_hourly and the raw requests at the edges
+(report/query.py), each call counted in the range where it starts, with
+the energy stored with it. The p50/p95 are read from a histogram, within
+``cost_histogram.RESOLUTION``.
 """
 
 from __future__ import annotations
@@ -279,9 +283,10 @@ def build_report(
         raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, not {by!r}")
     with engine.connect() as conn:
         p = rq.plan(conn, t_from, t_to, use_rollups)
-        usage = rq.usage_rows(conn, p, by)
-        busy_s = rq.device_busy(conn, p)
-        bases = rq.basis_rows(conn, p, by)
+        cut = rq.cut(conn, p)
+        usage = rq.usage_rows(conn, p, by, cut)
+        busy_s = rq.device_busy(conn, p, cut)
+        bases = rq.basis_rows(conn, p, by, cut)
         grain = rq.REQUEST_GRAIN[by]
         if grain is not None and grain[0] == "host":  # per tenant or host: they add up
             requests = rq.request_totals(conn, p, [by])[0]

@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, FromClause, Table, case, func, or_, select
 
+from infermeter.report import edges
+from infermeter.report.edges import Cut, EdgeShare
 from infermeter.store import histogram as cost_histogram
 from infermeter.store import schema
 from infermeter.store.request_rollup import (
@@ -78,6 +80,9 @@ class Plan:
     raw: tuple[Segment, ...]
     request_days: tuple[Segment, ...]
     request_hours: tuple[Segment, ...]
+    since: float
+    until: float
+    host_ids: tuple[int, ...]
 
     @property
     def rollup_hours(self) -> int:
@@ -160,7 +165,15 @@ def plan(conn: Connection, since: float, until: float, use_rollups: bool = True)
         tuple(s for s in raw if s.hi > s.lo),
         tuple(days),
         tuple(s for s in hours if s.hi > s.lo),
+        since,
+        until,
+        tuple(sorted(host_ids)),
     )
+
+
+def cut(conn: Connection, p: Plan) -> Cut:
+    """The rows the range's bounds cut, with what to add of each (report/edges.py)."""
+    return edges.cut(conn, p.host_ids, p.since, p.until)
 
 
 def _in(seg: Segment, host: ColumnElement[Any], t: ColumnElement[Any]) -> list[ColumnElement[bool]]:
@@ -189,8 +202,11 @@ def _any_null(cols: Sequence[ColumnElement[Any]]) -> ColumnElement[bool]:
     return or_(*(col.is_(None) for col in cols))
 
 
-def usage_rows(conn: Connection, p: Plan, by: str) -> list[UsageRow]:
-    """usage_hourly for rolled-up hours, usage_shares elsewhere, grouped for ``by``."""
+def usage_rows(conn: Connection, p: Plan, by: str, cut: Cut | None = None) -> list[UsageRow]:
+    """usage_hourly for rolled-up hours, usage_shares elsewhere, grouped for ``by``.
+
+    With ``cut``, the rows its bounds cut are corrected to the part inside.
+    """
     out: list[UsageRow] = []
     key_name = USAGE_KEY[by]
     for seg in p.rollup:
@@ -212,7 +228,38 @@ def usage_rows(conn: Connection, p: Plan, by: str) -> list[UsageRow]:
             .group_by(s.c.host_id, s.c.device_id, hour, s.c[key_name], s.c.bucket, s.c.method)
         )
         out.extend(_usage(conn.execute(q)))
+    if cut is not None:
+        out.extend(_edge_usage(e, key_name) for e in cut.shares)
     return out
+
+
+def _edge_usage(e: EdgeShare, key_name: str) -> UsageRow:
+    """A cut share row as the correction it adds: itself times its factor."""
+    f = e.factor
+    energy_j = e.energy_j * f
+
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else value * f
+
+    def unpriced(*values: float | None) -> float:
+        return energy_j if any(v is None for v in values) else 0.0
+
+    return UsageRow(
+        host_id=e.host_id,
+        device_id=e.device_id,
+        hour=e.hour,
+        key=e.column(key_name),
+        bucket=e.bucket,
+        method=e.method,
+        energy_j=energy_j,
+        energy_cost=scaled(e.energy_cost),
+        capacity_cost=scaled(e.capacity_cost),
+        carbon_g=scaled(e.carbon_g),
+        energy_cost_unpriced_j=unpriced(e.energy_cost),
+        capacity_cost_unpriced_j=unpriced(e.capacity_cost),
+        carbon_unpriced_j=unpriced(e.carbon_g),
+        cost_unpriced_j=unpriced(e.energy_cost, e.capacity_cost),
+    )
 
 
 def _usage(rows: Any) -> list[UsageRow]:
@@ -241,8 +288,10 @@ def _opt(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def basis_rows(conn: Connection, p: Plan, by: str) -> list[tuple[Any, str, str, float]]:
-    """(key, bucket, weight basis, energy J) over the range."""
+def basis_rows(
+    conn: Connection, p: Plan, by: str, cut: Cut | None = None
+) -> list[tuple[Any, str, str, float]]:
+    """(key, bucket, weight basis, energy J) over the range (``cut``: as usage_rows)."""
     key_name = USAGE_KEY[by]
     out: list[tuple[Any, str, str, float]] = []
     b = schema.usage_basis_hourly
@@ -260,11 +309,21 @@ def basis_rows(conn: Connection, p: Plan, by: str) -> list[tuple[Any, str, str, 
             raw.c[key_name], raw.c.bucket, raw.c.weight_basis, func.sum(raw.c.energy_j)
         ).group_by(raw.c[key_name], raw.c.bucket, raw.c.weight_basis)
         out.extend((r[0], str(r[1]), str(r[2]), float(r[3] or 0.0)) for r in conn.execute(q))
+    if cut is not None:
+        out.extend(
+            (e.column(key_name), e.bucket, e.weight_basis, e.energy_j * e.factor)
+            for e in cut.shares
+        )
     return out
 
 
-def device_busy(conn: Connection, p: Plan) -> dict[tuple[int, float], tuple[float, float]]:
-    """(device id, hour) -> (busy seconds, seconds whose busy fraction is known)."""
+def device_busy(
+    conn: Connection, p: Plan, cut: Cut | None = None
+) -> dict[tuple[int, float], tuple[float, float]]:
+    """(device id, hour) -> (busy seconds, seconds whose busy fraction is known).
+
+    With ``cut``, the windows its bounds cut count the seconds inside the range.
+    """
     out: dict[tuple[int, float], tuple[float, float]] = {}
 
     def add(rows: Any) -> None:
@@ -288,7 +347,21 @@ def device_busy(conn: Connection, p: Plan) -> dict[tuple[int, float], tuple[floa
     w = schema.device_windows
     for seg in p.raw:
         add(conn.execute(device_hourly_select(conn.dialect.name, _in(seg, w.c.host_id, w.c.t0))))
+    for win in cut.windows if cut is not None else ():
+        seconds = (win.t1 - win.t0) * win.factor
+        known = seconds if win.busy_fraction is not None else 0.0
+        add([_BusyRow(win.device_id, win.hour, (win.busy_fraction or 0.0) * seconds, known)])
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _BusyRow:
+    """A cut window's correction, in the columns device_busy reads."""
+
+    device_id: int
+    hour: float
+    busy_seconds: float
+    busy_known_seconds: float
 
 
 def request_totals(

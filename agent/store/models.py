@@ -100,6 +100,8 @@ class UsageShare(Base):
     capacity_cost: Mapped[float | None]
     carbon_g: Mapped[float | None]
     price_card_id: Mapped[int | None]
+    drawn_t0: Mapped[float | None]
+    drawn_t1: Mapped[float | None]
 
 
 class DeviceWindow(Base):
@@ -115,6 +117,7 @@ class DeviceWindow(Base):
     method: Mapped[str]
     busy_fraction: Mapped[float | None]
     memory_used_bytes: Mapped[int | None]
+    profile: Mapped[str | None]
 
 
 class UsageHourly(Base):

@@ -137,6 +137,9 @@ usage_shares = Table(
     Column("capacity_cost", Float),
     Column("carbon_g", Float),
     Column("price_card_id", Integer, ForeignKey("price_cards.id")),
+    # Where in [t0, t1) the energy was drawn (records.Share); NULL: all of it.
+    Column("drawn_t0", Float),
+    Column("drawn_t1", Float),
     Index("ix_usage_shares_t0", "t0"),
     Index("ix_usage_shares_model_id_t0", "model_id", "t0"),
     Index("ix_usage_shares_target_id_t0", "target_id", "t0"),
@@ -146,7 +149,9 @@ usage_shares = Table(
 # What a device did in one flush window: energy, how busy, memory held.
 #
 # The recommenders read utilisation and memory from here (right-size,
-# power cap); ``top`` reads the latest power. Natural key: (device, t0).
+# power cap); ``top`` reads the latest power; the report reads ``profile``
+# to take the part of a window its range cuts (report/edges.py). Natural
+# key: (device, t0).
 device_windows = Table(
     "device_windows",
     metadata,
@@ -159,6 +164,9 @@ device_windows = Table(
     Column("method", String(16), nullable=False),  # the weakest of the window's readings
     Column("busy_fraction", Float),  # time-weighted mean, 0..1
     Column("memory_used_bytes", BigInteger),  # peak in the window
+    # How the energy was spread inside the window, compact JSON (store.window_profile);
+    # NULL: nothing finer than the window is known.
+    Column("profile", Text),
     UniqueConstraint("device_id", "t0"),
     Index("ix_device_windows_t0", "t0"),
 )

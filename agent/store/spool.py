@@ -40,6 +40,7 @@ from infermeter.records import (
     Method,
     Price,
     PriceCard,
+    Profile,
     Share,
     Span,
     Target,
@@ -233,7 +234,11 @@ def _call(d: Any) -> CallEnergy:
 
 
 def _window(d: Any) -> DeviceWindowRecord:
-    return _build(DeviceWindowRecord, d, {"method": Method})
+    return _build(DeviceWindowRecord, d, {"method": Method, "profile": _opt(_profile)})
+
+
+def _profile(v: Any) -> Profile:
+    return tuple((_number(t), _number(j)) for t, j in v)
 
 
 def _card(d: Any) -> PriceCard:

@@ -39,6 +39,7 @@ from infermeter.records import (
     Target,
     TargetKey,
 )
+from infermeter.store import window_profile
 from infermeter.store.models import (
     AgentState,
     Base,
@@ -397,6 +398,8 @@ class Store:
                     "method": str(s.method),
                     "weight_basis": s.weight_basis,
                     "energy_j": s.energy_j,
+                    "drawn_t0": s.drawn_t0,
+                    "drawn_t1": s.drawn_t1,
                     **_price_columns(batch.share_prices, i, card_id),
                 }
             )
@@ -414,6 +417,7 @@ class Store:
                     "method": str(w.method),
                     "busy_fraction": w.busy_fraction,
                     "memory_used_bytes": w.memory_used_bytes,
+                    "profile": window_profile.encode(w.profile, w.t0),
                 }
                 for w in batch.windows
                 if w.device_uid in self._device_ids

@@ -48,6 +48,13 @@ sample outside [0, ceiling] is dropped. A counter that answered NotSupported
 answers, the meter goes back to it. Each degradation is logged once per GPU
 and reason, not every tick.
 
+Profile. Each reading carries how its energy was spread inside its interval
+(``Reading.profile``): the interval cut at the instant power samples into
+pieces of at least ``PROFILE_PIECE_S``, each piece's share of the energy
+its share of the power integral, summing to the reading's energy exactly.
+A report whose range cuts a flush window takes the part inside by it; an
+interval without power samples has none (spread by time).
+
 Weights. ``nvmlDeviceGetProcessUtilization(handle, lastSeen)`` is polled with
 the last seen timestamp carried forward; NotFound (no new sample) is the
 normal idle answer. Under time-slicing it returns one sample per call, the
@@ -91,10 +98,11 @@ from infermeter.plugins.nvml.samples import (
     Piece,
     Seen,
     integrate,
+    power_pieces,
     weights_of,
     why,
 )
-from infermeter.records import Device, Method, Reading, Target
+from infermeter.records import Device, Method, Profile, Reading, Target
 
 log = logging.getLogger("infermeter.plugins.nvml")
 
@@ -121,12 +129,30 @@ AFTER_FREEZE_RATIO = 1.25
 COUNTER_STEP_S = 0.1
 # How often a counter that answered NotSupported/NoPermission is asked again.
 COUNTER_PROBE_S = 30.0
+# A reading's profile (Reading.profile) is cut at power samples into pieces of
+# at least this long: fine enough for a report's range to cut a phase that
+# starts at 118 W and runs at 400 W within a few watt-seconds, ten pieces a
+# second at most (a 10 s window stores ~100 numbers, fewer once flat runs merge).
+PROFILE_PIECE_S = 0.1
 # Errors that asking again will not cure: the source is switched off for good.
 PERMANENT = (
     pynvml.NVMLError_NotSupported,
     pynvml.NVMLError_NoPermission,
     pynvml.NVMLError_FunctionNotFound,
 )
+
+
+def profile_of(shape: Sequence[tuple[float, float]] | None, energy_j: float) -> Profile | None:
+    """A reading's profile: its energy spread as the power samples spread theirs.
+
+    ``shape`` is (t_end, joules of power) per piece; the profile's joules are
+    ``energy_j`` split in those proportions, exactly. None without a shape or
+    energy: a report then spreads the reading by time.
+    """
+    if shape is None or energy_j <= 0:
+        return None
+    parts = split_exactly(energy_j, [max(j, 0.0) for _t, j in shape])
+    return tuple((t, j) for (t, _j), j in zip(shape, parts, strict=True))
 
 
 def ceiling_w(device: Device) -> float:
@@ -364,6 +390,7 @@ class NvmlMeter:
         if energies is None:
             return []  # waiting for the next counter read
         pieces, g.pending = g.pending, []
+        shapes = self._shapes(g, pieces)
         self._trim_power(g, now)
         if all(e is None for e in energies):
             self._warn(
@@ -372,7 +399,7 @@ class NvmlMeter:
                 "no energy source answers (no counter, no power): no readings",
             )
             return []
-        return self._readings(g, pieces, energies, method, note)
+        return self._readings(g, pieces, energies, shapes, method, note)
 
     def _read_counter(self, g: GpuState, now: float) -> tuple[int | None, str]:
         try:
@@ -524,6 +551,14 @@ class NvmlMeter:
             power = list(g.power)
         return [integrate(power, p.t0, p.t1) for p in pieces]
 
+    def _shapes(
+        self, g: GpuState, pieces: Sequence[Piece]
+    ) -> list[list[tuple[float, float]] | None]:
+        """How the power samples spread each piece's energy over time (see ``profile_of``)."""
+        with self._lock:
+            power = list(g.power)
+        return [power_pieces(power, p.t0, p.t1, PROFILE_PIECE_S) for p in pieces]
+
     def _trim_power(self, g: GpuState, now: float) -> None:
         """Drop power samples before the last one at or before ``now``."""
         with self._lock:
@@ -538,6 +573,7 @@ class NvmlMeter:
         g: GpuState,
         pieces: Sequence[Piece],
         energies: Sequence[float | None],
+        shapes: Sequence[Sequence[tuple[float, float]] | None],
         method: Method,
         note: str,
     ) -> list[Reading]:
@@ -554,7 +590,7 @@ class NvmlMeter:
                 for pid, w in s.sm.items():
                     interval_sm[i][pid] = interval_sm[i].get(pid, 0.0) + w
         out: list[Reading] = []
-        for p, energy in zip(pieces, energies, strict=True):
+        for p, energy, shape in zip(pieces, energies, shapes, strict=True):
             if energy is None:
                 self._warn(g.gpu.device.uid, "gap", "no power sample in an interval: skipped")
                 continue
@@ -578,6 +614,7 @@ class NvmlMeter:
                         busy_fraction=None if g.gpu.mig else p.busy,
                         memory_used_bytes=seen.memory_peak,
                         note=note,
+                        profile=profile_of(shape, part),
                     )
                 )
         return out

@@ -6,7 +6,9 @@ Kept apart from the meter's state and threading so each piece can be read
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,50 @@ def integrate(samples: Sequence[tuple[float, float]], t0: float, t1: float) -> f
 
     points = [(t0, at(t0)), *((t, w) for t, w in samples if t0 < t < t1), (t1, at(t1))]
     return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in itertools.pairwise(points))
+
+
+def power_pieces(
+    samples: Sequence[tuple[float, float]], t0: float, t1: float, min_piece_s: float
+) -> list[tuple[float, float]] | None:
+    """[t0, t1) cut at power sample times into pieces of at least ``min_piece_s``.
+
+    Each piece is (t_end, joules by the same trapezoids as ``integrate``), so
+    the pieces add up to ``integrate(samples, t0, t1)``: cut only where a
+    sample lies, no piece holds an interpolation of its own. None where
+    ``integrate`` says nothing, or the power adds up to nothing to shape by.
+    ``samples`` are in time order.
+    """
+    if t1 <= t0:
+        return None
+    lo = bisect.bisect_right(samples, (t0, math.inf))
+    hi = bisect.bisect_left(samples, (t1, math.inf))
+    inner = samples[lo:hi]  # t0 < t <= t1
+    if not inner:
+        return None
+    before = samples[lo - 1] if lo > 0 else None
+    after = samples[hi] if hi < len(samples) else None
+
+    def at(t: float, a: tuple[float, float] | None, b: tuple[float, float] | None) -> float:
+        if a is None:
+            return b[1] if b is not None else 0.0
+        if b is None or b[0] == a[0]:
+            return a[1]
+        return a[1] + (b[1] - a[1]) * (t - a[0]) / (b[0] - a[0])
+
+    points = [(t0, at(t0, before, inner[0])), *(x for x in inner if x[0] < t1)]
+    if points[-1][0] < t1:
+        end = inner[-1] if inner[-1][0] >= t1 else None
+        points.append((t1, end[1] if end is not None else at(t1, points[-1], after)))
+    pieces: list[tuple[float, float]] = []
+    start, joules = t0, 0.0
+    for a, b in itertools.pairwise(points):
+        joules += (b[0] - a[0]) * (a[1] + b[1]) / 2
+        if (b[0] - start >= min_piece_s and t1 - b[0] >= min_piece_s) or b[0] >= t1:
+            pieces.append((b[0], joules))
+            start, joules = b[0], 0.0
+    if sum(j for _t, j in pieces) <= 0:
+        return None
+    return pieces
 
 
 def normalised(weights: Mapping[int, float]) -> dict[int, float]:

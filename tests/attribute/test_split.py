@@ -146,3 +146,26 @@ def test_merge_sums_per_bucket_over_a_flush() -> None:
         (Bucket.ACTIVE, 100.0, 110.0),
     }
     assert sum(s.energy_j for s in merged) == pytest.approx(2000.0)
+
+
+def test_a_merged_share_says_where_in_the_window_its_energy_was_drawn() -> None:
+    """A process that stops at 104 s draws nothing after: its merged row is drawn [100, 104)."""
+    targets = {416: target(416)}
+    shares = []
+    for k in range(10):
+        busy = k < 4
+        r = Reading(
+            device=GPU,
+            t0=100.0 + k,
+            t1=101.0 + k,
+            energy_j=400.0 if busy else 70.0,
+            method=Method.MEASURED,
+            weights={416: 1.0} if busy else {},
+            weight_basis="sm-util",
+            holders=frozenset({416}) if busy else frozenset(),
+        )
+        shares.extend(attribute_reading(r, targets, Baseline(70.0, 48.0)))
+    merged = {s.bucket: s for s in merge_shares(shares, 100.0, 110.0)}
+    assert (merged[Bucket.ACTIVE].drawn_t0, merged[Bucket.ACTIVE].drawn_t1) == (100.0, 104.0)
+    assert (merged[Bucket.KEEPWARM].drawn_t0, merged[Bucket.KEEPWARM].drawn_t1) == (100.0, 104.0)
+    assert (merged[Bucket.IDLE].drawn_t0, merged[Bucket.IDLE].drawn_t1) == (100.0, 110.0)

@@ -112,11 +112,16 @@ def full_batch() -> FlushBatch:
             model="resnet50",
             tenant="acme",
             weight_basis="sm-util",
+            drawn_t0=t0 + 2.0,
+            drawn_t1=t1,
         ),
     ]
     span = replace(FULL_SPAN, pid=TARGET.pid, t0=t0 + 1, t1=t0 + 1.25, device="cuda:1", seq=2)
     call = CallEnergy(span, TARGET.key, 12.5, Method.INTEGRATED)
-    window = DeviceWindowRecord(GPU.uid, t0, t1, 1976.5677, Method.INTEGRATED, 0.625, 12 << 30)
+    profile = ((t0 + 2.5, 300.0), (t0 + 2.75, 120.25), (t1, 1556.3177))
+    window = DeviceWindowRecord(
+        GPU.uid, t0, t1, 1976.5677, Method.INTEGRATED, 0.625, 12 << 30, profile
+    )
     return FlushBatch(
         shares=shares,
         devices=[GPU],

@@ -24,9 +24,9 @@ from infermeter.attribute.split import Baseline, attribute_reading
 from infermeter.config import CORE_OPTIONS, Config, build_config
 from infermeter.plugins import nvml as plugin
 from infermeter.plugins.nvml.devices import open_gpus
-from infermeter.plugins.nvml.meter import COUNTER_PROBE_S, NvmlMeter
+from infermeter.plugins.nvml.meter import COUNTER_PROBE_S, PROFILE_PIECE_S, NvmlMeter
 from infermeter.plugins.nvml.replay import MigInstance, NvmlStandIn, ReplayNvmlMeter
-from infermeter.plugins.nvml.samples import integrate
+from infermeter.plugins.nvml.samples import integrate, power_pieces
 from infermeter.plugins.nvml.trace import replay_targets
 from infermeter.records import Bucket, Method, Reading, Share
 
@@ -517,3 +517,37 @@ def test_power_integral_is_trapezoids_with_flat_ends() -> None:
     assert integrate(samples, 1.5, 3.0) == pytest.approx(1.5 * 200.0)  # flat after the last
     assert integrate(samples, 2.0, 3.0) is None  # nothing seen inside (2, 3]
     assert integrate(samples, 1.0, 1.0) is None
+
+
+def test_power_pieces_are_cut_at_samples_and_add_up_to_the_integral() -> None:
+    samples = [(0.05 * k, 100.0 if k < 10 else 400.0) for k in range(41)]  # a step at 0.5 s
+    for t0, t1 in ((0.0, 2.0), (0.13, 1.01), (0.47, 0.61), (1.9, 2.5)):
+        pieces = power_pieces(samples, t0, t1, 0.1)
+        assert pieces is not None
+        assert pieces[-1][0] == t1
+        assert sum(j for _t, j in pieces) == pytest.approx(integrate(samples, t0, t1))
+        ends = [t0, *(t for t, _j in pieces)]
+        assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(ends)) or len(pieces) == 1
+    assert power_pieces(samples, 2.0, 3.0, 0.1) is None  # nothing seen inside (2, 3]
+    assert power_pieces([(0.0, 0.0), (1.0, 0.0)], 0.0, 1.0, 0.1) is None  # nothing to shape by
+
+
+def test_every_reading_carries_its_energy_spread_as_the_instant_power_was() -> None:
+    standin = NvmlStandIn.from_trace(ENCODER)
+    readings = replay(ReplayNvmlMeter(standin), ticks(standin))
+    assert all(r.profile is not None for r in readings if r.energy_j > 0)
+    for r in readings:
+        if r.profile is None:
+            continue
+        assert sum(j for _t, j in r.profile) == pytest.approx(r.energy_j, abs=1e-9)
+        assert r.profile[-1][0] == r.t1
+        ends = [r.t0, *(t for t, _j in r.profile)]
+        assert all(b - a >= PROFILE_PIECE_S - 1e-9 for a, b in itertools.pairwise(ends))
+    # The tick where ResNet-50 fp32 bs1 starts (118 W -> ~180 W at 41.0 s) puts
+    # most of its energy after the start, not spread evenly over the second.
+    start = PHASES[1]["t0"]
+    (edge,) = [r for r in readings if r.t0 < start < r.t1]
+    assert edge.profile is not None
+    after = sum(j for t, j in edge.profile if t > start + 0.1)
+    by_time = edge.energy_j * (edge.t1 - start - 0.1) / edge.duration_s
+    assert after > by_time * 1.05
