@@ -86,12 +86,12 @@ class Group:
     requests: RequestStats | None  # None where requests do not apply
     j_per_item: float | None
     cost_per_1k_requests: Amount | None
-    j_per_token: float | None  # energy per token, input and output together
-    cost_per_1m_tokens_in: Amount | None  # the group's whole cost per 1M input tokens
-    cost_per_1m_tokens_out: Amount | None  # ... per 1M output tokens
     utilisation: float | None  # busy fraction of its devices, weighted by its energy
     methods: Mapping[str, float]  # share of energy: measured / integrated / estimated
     bases: Mapping[str, float]  # share of energy per weight basis
+    j_per_token: float | None = None  # energy per token, input and output together
+    cost_per_1m_tokens_in: Amount | None = None  # the group's whole cost per 1M input tokens
+    cost_per_1m_tokens_out: Amount | None = None  # ... per 1M output tokens
 
 
 @dataclass(frozen=True, slots=True)
