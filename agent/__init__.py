@@ -9,14 +9,15 @@ from infermeter.hookspecs import hookimpl
 if TYPE_CHECKING:
     from infermeter.spans.context import request
     from infermeter.spans.sdk import instrument
+    from infermeter.spans.step import step
 
     __version__: str
 
-__all__ = ["__version__", "hookimpl", "instrument", "request"]
+__all__ = ["__version__", "hookimpl", "instrument", "request", "step"]
 
 
 def __getattr__(name: str) -> Any:
-    """What loads on first use: ``instrument`` and ``request`` (the agent never
+    """What loads on first use: ``instrument``, ``request`` and ``step`` (the agent never
     needs them) and ``__version__`` (reading it parses the package metadata)."""
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
@@ -33,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from infermeter.spans.context import request
 
         return request
+    if name == "step":
+        from infermeter.spans.step import step
+
+        return step
     raise AttributeError(f"module 'infermeter' has no attribute {name!r}")

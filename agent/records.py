@@ -138,8 +138,28 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class SpanPart:
+    """One request's part of an engine step (continuous batching).
+
+    A step span (one forward pass) serves several requests at once; each part
+    names one of them and the tokens the step did for it: ``prefill_tokens``
+    of its prompt (on its first step, or a chunk of it), ``decode_tokens``
+    generated (1 per step while it decodes). The step's energy is split over
+    its parts (infermeter.attribute.step_split).
+    """
+
+    request_id: str | None = None
+    tenant: str | None = None
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Span:
     """One model call or one request inside a target.
+
+    ``parts`` is non-empty for a step span: one engine step shared by several
+    requests, each part one request's share of it (see SpanPart).
 
     ``t0``/``t1`` are wall-clock UTC seconds derived from a monotonic clock in
     the inference process; for work on an accelerator ``t1`` is when the
@@ -164,6 +184,7 @@ class Span:
     # Numbers spans of one pid and model that start at the same t0 (the
     # agent assigns it; it is not on the wire), so neither is lost.
     seq: int = 0
+    parts: tuple[SpanPart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from infermeter.attribute.span_split import Predict, split_over_spans
+from infermeter.attribute.step_split import PartWeights, expand_step, token_weights
 from infermeter.records import Bucket, CallEnergy, Method, Share, Span, Target, TargetKey
 from infermeter.shedding import ShedLog
 
@@ -102,13 +103,20 @@ def _call_key(span: Span) -> _CallKey:
 class SpanLedger:
     """Held spans and their calls' energy; bounded by count and by time (see the module)."""
 
-    def __init__(self, max_spans: int = 500_000, horizon_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        max_spans: int = 500_000,
+        horizon_s: float = 3600.0,
+        part_weights: PartWeights = token_weights,
+    ) -> None:
         if max_spans < 1:
             raise ValueError(f"the span ledger must hold at least 1 span, not {max_spans}")
         if not (math.isfinite(horizon_s) and horizon_s > 0):
             raise ValueError(f"the span horizon must be a positive number, not {horizon_s}")
         self.max_spans = max_spans
         self.horizon_s = horizon_s
+        # How a completed step span's energy is split over its requests (step_split).
+        self.part_weights = part_weights
         self._by_pid: dict[int, list[Span]] = {}
         self._open: dict[_CallKey, _Open] = {}
         # Per (pid, model, t0): next seq << 1 | _WRITTEN. An entry lives while
@@ -280,7 +288,10 @@ class SpanLedger:
         self.overhead_j[target] = self.overhead_j.get(target, 0.0) + energy_j
 
     def complete(self, cutoff: float, targets: Mapping[int, Target]) -> list[CallEnergy]:
-        """Calls that ended before ``cutoff``: all their intervals are attributed."""
+        """Calls that ended before ``cutoff``: all their intervals are attributed.
+
+        A step span comes out as one call per request it served (step_split).
+        """
         self._cutoff = max(self._cutoff, cutoff)
         done: list[CallEnergy] = []
         for pid in list(self._by_pid):
@@ -301,7 +312,11 @@ class SpanLedger:
                     continue
                 self._release(key, written=True)
                 self.completed_calls += 1
-                done.append(CallEnergy(span, target_key, call.energy_j, call.method))
+                done.extend(
+                    expand_step(
+                        CallEnergy(span, target_key, call.energy_j, call.method), self.part_weights
+                    )
+                )
             if keep:
                 self._by_pid[pid] = keep
             else:

@@ -222,17 +222,27 @@ def _request_table(report: Report) -> Table:
         pad_edge=False,
     )
     _label_column(table, report.by)
-    for name in ("requests", "items", "J/item", "per 1k req", "p50", "p95", "util"):
+    tokens = any(g.j_per_token is not None for g in report.groups)
+    names = ["requests", "items", "J/item", "per 1k req", "p50", "p95", "util"]
+    if tokens:  # only where some group counted tokens: the table stays narrow otherwise
+        names[3:3] = ["J/token", "per 1M in", "per 1M out"]
+    for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     for g in report.groups:
         s = g.requests
         if s is None or (g.kind != "group" and not s.requests):
             continue
+        token_cells = (
+            "-" if g.j_per_token is None else sig(g.j_per_token),
+            money(g.cost_per_1m_tokens_in, cur),
+            money(g.cost_per_1m_tokens_out, cur),
+        )
         cells = (
             g.label,
             f"{s.requests:,}",
             f"{s.items:,}",
             "-" if g.j_per_item is None else sig(g.j_per_item),
+            *(token_cells if tokens else ()),
             money(g.cost_per_1k_requests, cur),
             _per_request(s.cost_p50, s.requests, s.unpriced, cur),
             _per_request(s.cost_p95, s.requests, s.unpriced, cur),

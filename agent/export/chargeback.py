@@ -247,6 +247,44 @@ GROUP BY a.model""",
     "Cost per request per model: count, total, mean and nearest-rank p50/p95/p99.",
 )
 
+V_TOKEN_COST = View(
+    "v_token_cost",
+    """WITH per_request AS (
+    SELECT
+        m.name AS model,
+        r.tenant AS tenant,
+        {day:MIN(r.t0)} AS day,
+        MAX(r.tokens_in) AS tokens_in,
+        MAX(r.tokens_out) AS tokens_out,
+        SUM(r.energy_j) AS energy_j,
+        CASE WHEN COUNT(r.energy_cost) = COUNT(*) AND COUNT(r.capacity_cost) = COUNT(*)
+             THEN SUM(r.energy_cost) + SUM(r.capacity_cost) END AS cost
+    FROM requests r
+    JOIN models m ON m.id = r.model_id
+    GROUP BY r.model_id, m.name, r.tenant, r.request_id,
+        CASE WHEN r.request_id IS NULL THEN r.id END
+)
+SELECT
+    day,
+    model,
+    tenant,
+    COUNT(*) AS requests,
+    SUM(tokens_in) AS tokens_in,
+    SUM(tokens_out) AS tokens_out,
+    SUM(energy_j) / 3600000.0 AS energy_kwh,
+    SUM(energy_j) / NULLIF(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0)
+        AS j_per_token,
+    SUM(energy_j) / NULLIF(SUM(tokens_out), 0) AS j_per_token_out,
+    SUM(cost) AS cost,
+    COUNT(*) - COUNT(cost) AS unpriced_requests,
+    1000000.0 * SUM(cost) / NULLIF(SUM(tokens_in), 0) AS cost_per_1m_tokens_in,
+    1000000.0 * SUM(cost) / NULLIF(SUM(tokens_out), 0) AS cost_per_1m_tokens_out
+FROM per_request
+GROUP BY day, model, tenant""",
+    "Energy and cost per token per model, tenant and UTC day, from the requests' calls; "
+    "each request's tokens count once (the largest any of its calls carries).",
+)
+
 # Creation order: a view comes after the views it reads. Never edit: see the docstring.
 VIEWS_0002: tuple[View, ...] = (
     V_USAGE,
@@ -257,7 +295,9 @@ VIEWS_0002: tuple[View, ...] = (
     V_REQUEST_COST,
     V_REQUEST_COST_BY_MODEL,
 )
-CURRENT_VIEWS = VIEWS_0002
+# What migration 0008 adds.
+VIEWS_0008: tuple[View, ...] = (V_TOKEN_COST,)
+CURRENT_VIEWS = VIEWS_0002 + VIEWS_0008
 VIEW_NAMES: tuple[str, ...] = tuple(v.name for v in CURRENT_VIEWS)
 
 

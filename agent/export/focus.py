@@ -26,6 +26,12 @@ Mapping decisions (contrib/sql/README.md has the table):
   ``x_CarbonKgCO2e`` is the carbon (PUE included), ``x_Requests``/``x_Items``
   the requests (calls sharing a request_id, counted once per model) that
   started in the hour, and the items they carried.
+- Tokens stay custom columns: ``ConsumedUnit`` is the unit both cost
+  components are allocated by (kWh), and a FOCUS row has one. ``x_TokensIn``
+  / ``x_TokensOut`` are those requests' tokens (each request's once, its
+  final counts), ``x_JPerToken`` the row's energy per token, and
+  ``x_CostPer1MTokensIn`` / ``x_CostPer1MTokensOut`` the row's whole cost
+  per million input (output) tokens, NULL without such tokens.
 - Tenants are sub accounts (``SubAccountId``), models resources
   (``ResourceId`` ``model/<name>``); both are also in ``Tags``.
 """
@@ -218,6 +224,11 @@ CUSTOM_COLUMNS: tuple[Column, ...] = (
     Column("x_CostBasis", X, STR, False, ("energy+capacity", "energy", "capacity", "none")),
     Column("x_UnpricedRows", X, DataType.INTEGER, False),
     Column("x_EnergyMethod", X, STR, False, ("measured", "integrated", "estimated")),
+    Column("x_TokensIn", X, DataType.INTEGER, False),
+    Column("x_TokensOut", X, DataType.INTEGER, False),
+    Column("x_JPerToken", X, DEC, True),
+    Column("x_CostPer1MTokensIn", X, DEC, True),
+    Column("x_CostPer1MTokensOut", X, DEC, True),
 )
 # FOCUS columns first (the specification's order), then the custom ones.
 EXPORT_COLUMNS: tuple[Column, ...] = (
@@ -262,6 +273,8 @@ class _Group:
     method: str = "measured"
     requests: int = 0
     items: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,12 +366,14 @@ def build_export(
             done += len(part)
             if progress is not None:
                 progress(done, total)
-        for model, tenant, hour, requests, items in conn.execute(
+        for model, tenant, hour, requests, items, tokens_in, tokens_out in conn.execute(
             _requests_query(start, end, conn.dialect.name)
         ):
             g = groups.setdefault((float(hour), model, tenant), _Group())
             g.requests += int(requests)
             g.items += int(items or 0)
+            g.tokens_in += int(tokens_in or 0)
+            g.tokens_out += int(tokens_out or 0)
     export = FocusExport(start, end, currency)
     for key in sorted(groups, key=lambda k: (k[0], k[1] or "", k[2] or "")):
         export.rows.append(_row(key, groups[key], export, options))
@@ -389,7 +404,8 @@ def _add_usage(groups: dict[tuple[float, str | None, str | None], _Group], r: An
 def _requests_query(start: float, end: float, dialect: str) -> Any:
     """Requests per model, tenant and the hour their first call in the month started.
 
-    Rows: (model, tenant, hour, requests, items). Calls are grouped into
+    Rows: (model, tenant, hour, requests, items, tokens_in, tokens_out); a
+    request's tokens are the largest any of its calls carries. Calls are grouped into
     requests, then requests counted per hour, both in the database: a
     month of millions of calls reaches Python as a few thousand rows.
     """
@@ -400,6 +416,8 @@ def _requests_query(start: float, end: float, dialect: str) -> Any:
             func.min(r.tenant).label("tenant"),
             func.min(r.t0).label("t0"),
             func.sum(r.items).label("items"),
+            func.max(r.tokens_in).label("tokens_in"),
+            func.max(r.tokens_out).label("tokens_out"),
         )
         .join(ModelRow, ModelRow.id == r.model_id)
         .where(and_(r.t0 >= start, r.t0 < end))
@@ -408,9 +426,15 @@ def _requests_query(start: float, end: float, dialect: str) -> Any:
     )
     q = per_request.c
     hour = hour_sql(q.t0, dialect).label("hour")
-    return select(q.model, q.tenant, hour, func.count(), func.sum(q["items"])).group_by(
-        q.model, q.tenant, hour
-    )
+    return select(
+        q.model,
+        q.tenant,
+        hour,
+        func.count(),
+        func.sum(q["items"]),
+        func.sum(q.tokens_in),
+        func.sum(q.tokens_out),
+    ).group_by(q.model, q.tenant, hour)
 
 
 def _row(
@@ -429,6 +453,7 @@ def _row(
         if on is not None
     )
     kwh = g.energy_j / J_PER_KWH
+    tokens = g.tokens_in + g.tokens_out
     tags = {k: v for k, v in (("model", model), ("tenant", tenant)) if v is not None}
     if model is not None:
         what = f"model {model}" + (f" for tenant {tenant}" if tenant else "")
@@ -481,6 +506,11 @@ def _row(
         "x_CostBasis": basis or "none",
         "x_UnpricedRows": g.unpriced_rows,
         "x_EnergyMethod": g.method,
+        "x_TokensIn": g.tokens_in,
+        "x_TokensOut": g.tokens_out,
+        "x_JPerToken": g.energy_j / tokens if tokens else None,
+        "x_CostPer1MTokensIn": cost * 1e6 / g.tokens_in if g.tokens_in and basis else None,
+        "x_CostPer1MTokensOut": cost * 1e6 / g.tokens_out if g.tokens_out and basis else None,
     }
 
 

@@ -93,6 +93,9 @@ class Group:
     utilisation: float | None  # busy fraction of its devices, weighted by its energy
     methods: Mapping[str, float]  # share of energy: measured / integrated / estimated
     bases: Mapping[str, float]  # share of energy per weight basis
+    j_per_token: float | None = None  # energy per token, input and output together
+    cost_per_1m_tokens_in: Amount | None = None  # the group's whole cost per 1M input tokens
+    cost_per_1m_tokens_out: Amount | None = None  # ... per 1M output tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,11 +380,10 @@ def _group(by: str, gid: GroupId, acc: _Acc, req: RequestTotals | None, names: r
     stats = None
     if kind in ("group", "unlabelled") and rq.REQUEST_GRAIN[by] is not None:
         stats = _stats(req or RequestTotals())
-    per_1k = None
-    if stats is not None and stats.requests > 0 and costs.cost.value is not None:
-        f = 1000.0 / stats.requests
-        per_1k = Amount(costs.cost.value * f, costs.cost.unpriced_kwh * f)
+    per_1k = _per(costs.cost, stats.requests if stats else 0, 1000.0)
     items = stats.items if stats is not None else 0
+    tokens_in = stats.tokens_in if stats is not None else 0
+    tokens_out = stats.tokens_out if stats is not None else 0
     if kind == "group":
         ident, label = names.describe(by, key)
     elif kind == "unlabelled":
@@ -396,10 +398,21 @@ def _group(by: str, gid: GroupId, acc: _Acc, req: RequestTotals | None, names: r
         requests=stats,
         j_per_item=acc.energy_j / items if items > 0 else None,
         cost_per_1k_requests=per_1k,
+        j_per_token=acc.energy_j / (tokens_in + tokens_out) if tokens_in + tokens_out else None,
+        cost_per_1m_tokens_in=_per(costs.cost, tokens_in, 1e6),
+        cost_per_1m_tokens_out=_per(costs.cost, tokens_out, 1e6),
         utilisation=acc.utilisation(),
         methods=_fractions(acc.methods),
         bases=_fractions(acc.bases),
     )
+
+
+def _per(cost: Amount, count: int, scale: float) -> Amount | None:
+    """``cost`` per ``scale`` of ``count`` (requests, tokens); None without any or unpriced."""
+    if count <= 0 or cost.value is None:
+        return None
+    f = scale / count
+    return Amount(cost.value * f, cost.unpriced_kwh * f)
 
 
 def _recommendations(conn: Any, limit: int) -> tuple[RecommendationLine, ...]:

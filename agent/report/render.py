@@ -90,6 +90,9 @@ def report_json(report: Report) -> dict[str, Any]:
                 "requests": _requests_json(g.requests),
                 "j_per_item": g.j_per_item,
                 "cost_per_1k_requests": _amount_json(g.cost_per_1k_requests),
+                "j_per_token": g.j_per_token,
+                "cost_per_1m_tokens_in": _amount_json(g.cost_per_1m_tokens_in),
+                "cost_per_1m_tokens_out": _amount_json(g.cost_per_1m_tokens_out),
                 "utilisation": g.utilisation,
                 "methods": dict(g.methods),
                 "bases": dict(g.bases),
@@ -128,7 +131,8 @@ CSV_COLUMNS = (
     "by", "key", "label", "kind", "energy_kwh", "cost", "energy_cost", "capacity_cost",
     "carbon_g", "idle_cost", "keepwarm_cost", "unpriced_kwh", "requests", "calls", "items",
     "tokens_in", "tokens_out", "j_per_item", "cost_per_1k_requests", "cost_p50", "cost_p95",
-    "utilisation", "measured", "integrated", "estimated", "bases",
+    "utilisation", "measured", "integrated", "estimated", "bases", "j_per_token",
+    "cost_per_1m_tokens_in", "cost_per_1m_tokens_out",
 )  # fmt: skip
 
 
@@ -174,6 +178,9 @@ def csv_rows(report: Report) -> list[list[str]]:
                 num(g.methods.get("integrated", 0.0)),
                 num(g.methods.get("estimated", 0.0)),
                 ";".join(f"{k}={v:.4f}" for k, v in g.bases.items()),
+                num(g.j_per_token),
+                money(g.cost_per_1m_tokens_in),
+                money(g.cost_per_1m_tokens_out),
             ]
         )
     return out

@@ -153,7 +153,10 @@ class Emitter:
                 self._start()
             buf = self._buf
             if len(buf) < self._limit:
-                buf.append((span, context.current.get()))
+                ctx = context.current.get()
+                if ctx is not None and span.items:  # not a request's final counts
+                    ctx.last_model = span.model
+                buf.append((span, ctx))
             else:
                 self._drop(CLOSED if self._limit == 0 else BUFFER_FULL)
         except Exception:
@@ -176,6 +179,9 @@ class Emitter:
                 self._start()
             calls = self._calls
             if len(calls) < self._limit:
+                ctx = context.current.get()
+                if ctx is not None:
+                    ctx.last_model = model
                 calls.append(
                     (
                         model,
@@ -187,7 +193,7 @@ class Emitter:
                         device,
                         dtype,
                         parameters,
-                        context.current.get(),
+                        ctx,
                     )
                 )
             else:
@@ -224,7 +230,10 @@ class Emitter:
             pending = self._pending
             if len(pending) < min(self._limit, self.max_pending):
                 deadline = time.monotonic() + self.pending_timeout_s
-                pending.append((span, context.current.get(), finished, deadline))
+                ctx = context.current.get()
+                if ctx is not None:
+                    ctx.last_model = span.model
+                pending.append((span, ctx, finished, deadline))
             else:
                 self._drop(CLOSED if self._limit == 0 else PENDING_FULL)
         except Exception:

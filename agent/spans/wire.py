@@ -10,7 +10,14 @@ since its previous datagram that got through (so the agent learns about an
 outage when it comes back), and each span is an array in ``FIELDS`` order::
 
     [pid, model, t0, t1, items, tokens_in, tokens_out, request_id, tenant,
-     {tag: value}, framework, device, dtype, parameters]
+     {tag: value}, framework, device, dtype, parameters(, parts)]
+
+A step span (one engine step shared by several requests, continuous
+batching) has a fifteenth field, its parts: an array of at most
+``MAX_PARTS`` ``[request_id, tenant, prefill_tokens, decode_tokens]``. A
+span without parts is sent with fourteen fields, exactly as before, so an
+agent of either age reads what an SDK of either age sends about model calls;
+only a step span needs an agent that knows parts.
 
 Arrays rather than objects keep a span near 100 bytes, so one datagram
 (``MAX_DATAGRAM``) carries hundreds. JSON rather than a binary struct because
@@ -28,7 +35,10 @@ VARCHAR(255) of model names, tenants and request ids, ``MAX_NAME`` the
 VARCHAR(32) of a model's framework and dtype, ``MAX_COUNT`` the INTEGER of
 items and tokens. ``decode`` counts the strings it changed. ``encode_batch``
 cleans and checks the same way, so what the SDK sends decodes unchanged.
-The limits are chosen so that every valid span fits one datagram.
+The limits are chosen so that every valid span without parts fits one
+datagram; a step span whose parts' strings make it larger than a datagram is
+refused by ``span_to_wire`` (say so with shorter request ids, or fewer parts
+per step).
 
 The payload's ``pid`` is informative only: the agent replaces it with the
 pid the kernel vouches for (SO_PASSCRED), see ``receiver.py``.
@@ -46,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infermeter.records import MAX_COUNT, Span
+from infermeter.records import MAX_COUNT, Span, SpanPart
 
 VERSION = 1
 MAX_DATAGRAM = 60 * 1024  # bytes; under the 64 KiB a default wmem always allows
@@ -56,6 +66,7 @@ MAX_STR = 255  # model, request_id, tenant (VARCHAR(255)); tag values (JSON)
 MAX_SHORT = 64  # device, tag keys (not stored / JSON)
 MAX_NAME = 32  # framework, dtype (models.framework and models.dtype are VARCHAR(32))
 MAX_TAGS = 16
+MAX_PARTS = 256  # requests sharing one step span
 # Numbers outside these refuse the span: no real call has them, and a sum of
 # them would overflow the store's columns.
 MAX_PARAMETERS = 2**53 - 1  # a model's parameters (BIGINT; exact as a JSON number)
@@ -78,6 +89,7 @@ FIELDS = (
     "dtype",
     "parameters",
 )
+OPTIONAL_FIELDS = ("parts",)  # sent only when not empty
 
 ENV_SOCKET = "INFERMETER_SOCKET"
 SYSTEM_SOCKET = "/run/infermeter/spans.sock"
@@ -87,6 +99,7 @@ _TAIL = b"]}"
 # The head with the widest dropped count, plus the tail: what a datagram
 # costs besides its spans.
 _OVERHEAD = len(_HEAD % (VERSION, MAX_DROPPED)) + len(_TAIL)
+_SPAN_BUDGET = MAX_DATAGRAM - _OVERHEAD  # the largest span a datagram carries
 
 
 def default_socket_path() -> str:
@@ -178,8 +191,11 @@ def _clean_span(a: Any, cleaner: _Cleaner) -> list[Any]:
     Raises ValueError, saying why, when a field cannot be fixed: a wrong
     type, a time that is not finite or runs backwards, a count out of range.
     """
-    if type(a) is not list or len(a) != len(FIELDS):
-        raise ValueError(f"a span must be an array of {len(FIELDS)} fields")
+    if type(a) is not list or not len(FIELDS) <= len(a) <= len(FIELDS) + len(OPTIONAL_FIELDS):
+        raise ValueError(
+            f"a span must be an array of {len(FIELDS)} fields "
+            f"({len(FIELDS) + len(OPTIONAL_FIELDS)} with parts)"
+        )
     _count(a[0], "pid", MAX_PID, optional=False)
     model = cleaner.text(a[1], "model", MAX_STR, optional=False)
     if not model:
@@ -207,7 +223,31 @@ def _clean_span(a: Any, cleaner: _Cleaner) -> list[Any]:
         cleaner.text(a[11], "device", MAX_SHORT),
         cleaner.text(a[12], "dtype", MAX_NAME),
         a[13],
+        *([_clean_parts(a[14], cleaner)] if len(a) > len(FIELDS) else []),
     ]
+
+
+def _clean_parts(value: Any, cleaner: _Cleaner) -> list[list[Any]]:
+    """A step span's parts, each ``[request_id, tenant, prefill, decode]``, cleaned."""
+    if type(value) is not list:
+        raise ValueError(f"parts must be an array, not {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_PARTS:
+        raise ValueError(f"a step span must have 1 to {MAX_PARTS} parts, not {len(value)}")
+    out: list[list[Any]] = []
+    for p in value:
+        if type(p) is not list or len(p) != 4:
+            raise ValueError("a part must be an array of 4 fields")
+        _count(p[2], "prefill tokens", optional=False)
+        _count(p[3], "decode tokens", optional=False)
+        out.append(
+            [
+                cleaner.text(p[0], "part request_id", MAX_STR),
+                cleaner.text(p[1], "part tenant", MAX_STR),
+                p[2],
+                p[3],
+            ]
+        )
+    return out
 
 
 def _span(a: list[Any], pid: int | None) -> Span:
@@ -227,6 +267,7 @@ def _span(a: list[Any], pid: int | None) -> Span:
         a[11],
         a[12],
         a[13],
+        parts=tuple(SpanPart(*p) for p in a[14]) if len(a) > len(FIELDS) else (),
     )
 
 
@@ -285,7 +326,25 @@ def span_to_wire(span: Span) -> bytes:
         _as_str(span.dtype),
         _as_count(span.parameters),
     ]
-    return _ENCODER.encode(_clean_span(a, _Cleaner())).encode("utf-8")
+    parts = span.parts
+    if parts:
+        a.append(
+            [
+                [
+                    _as_str(p.request_id),
+                    _as_str(p.tenant),
+                    _as_count(p.prefill_tokens),
+                    _as_count(p.decode_tokens),
+                ]
+                for p in parts
+            ]
+            if isinstance(parts, Sequence)
+            else parts
+        )
+    data = _ENCODER.encode(_clean_span(a, _Cleaner())).encode("utf-8")
+    if len(data) > _SPAN_BUDGET:
+        raise ValueError(f"a span of {len(data)} bytes does not fit a datagram")
+    return data
 
 
 def pack(fragments: Sequence[bytes], dropped: int, start: int = 0) -> tuple[bytes, int]:
@@ -296,7 +355,7 @@ def pack(fragments: Sequence[bytes], dropped: int, start: int = 0) -> tuple[byte
     """
     if type(dropped) is not int or not 0 <= dropped <= MAX_DROPPED:
         raise ValueError(f"dropped out of range: {dropped!r}")
-    budget = MAX_DATAGRAM - _OVERHEAD
+    budget = _SPAN_BUDGET
     end = start
     size = 0
     while end < len(fragments) and end - start < MAX_SPANS:

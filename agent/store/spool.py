@@ -43,6 +43,7 @@ from infermeter.records import (
     Profile,
     Share,
     Span,
+    SpanPart,
     Target,
     TargetKey,
     TimeOfUse,
@@ -226,7 +227,9 @@ def _target(d: Any) -> Target:
 
 
 def _span(d: Any) -> Span:
-    return _build(Span, d, {"tags": _str_map})
+    return _build(
+        Span, d, {"tags": _str_map, "parts": lambda v: tuple(_build(SpanPart, p) for p in v)}
+    )
 
 
 def _call(d: Any) -> CallEnergy:

@@ -20,7 +20,7 @@ from sqlalchemy import inspect, text
 from support import ROOT
 from support.chargeback_data import filled_stores, fingerprint, normalise, sort_key
 
-from infermeter.export.chargeback import VIEW_NAMES, VIEWS_0002
+from infermeter.export.chargeback import VIEW_NAMES, VIEWS_0002, VIEWS_0008
 from infermeter.store import migrate
 from infermeter.store.engine import open_engine
 
@@ -90,7 +90,7 @@ def test_every_view_and_example_is_documented() -> None:
     assert len(EXAMPLES) >= 5
     for path in EXAMPLES:
         assert f"`{path.name}`" in readme
-    for view in VIEWS_0002:
+    for view in VIEWS_0002 + VIEWS_0008:
         assert f"### `{view.name}`" in readme
 
 
@@ -217,6 +217,10 @@ def test_views_are_created_by_0002_and_dropped_on_downgrade(db_url: str) -> None
     assert not set(VIEW_NAMES) & set(inspect(engine).get_view_names())
     assert "usage_hourly" in inspect(engine).get_table_names()
     migrate.upgrade(engine, "0002")
+    names_0002 = {v.name for v in VIEWS_0002}
+    assert names_0002 == set(inspect(engine).get_view_names())
+    migrate.upgrade(engine)
+    assert set(VIEW_NAMES) == names_0002 | {v.name for v in VIEWS_0008}
     assert set(VIEW_NAMES) <= set(inspect(engine).get_view_names())
     with engine.connect() as conn:  # empty, but every view runs
         for view in VIEW_NAMES:
@@ -224,3 +228,49 @@ def test_views_are_created_by_0002_and_dropped_on_downgrade(db_url: str) -> None
     migrate.downgrade(engine, "base")
     assert not inspect(engine).get_view_names()
     engine.dispose()
+
+
+def test_token_view_counts_each_requests_tokens_once(stores: dict[str, str]) -> None:
+    """v_token_cost against the raw calls, folded into requests here in Python.
+
+    The truth: per (model, tenant, request) the largest tokens any call carries
+    (a call without a request id is its own request), summed per model and
+    tenant; energy is the calls' sum, J/token the one over the other.
+    """
+    for url in stores.values():
+        _, calls = run_query(
+            url,
+            "SELECT m.name, r.tenant, r.request_id, r.id, r.tokens_in, r.tokens_out, r.energy_j "
+            "FROM requests r JOIN models m ON m.id = r.model_id",
+        )
+        per_request: dict[tuple[Any, ...], list[float]] = {}
+        for model, tenant, request_id, call_id, t_in, t_out, energy in calls:
+            key = (model, tenant, request_id if request_id is not None else f"#{call_id}")
+            acc = per_request.setdefault(key, [0, 0, 0.0])
+            acc[0] = max(acc[0], t_in or 0)
+            acc[1] = max(acc[1], t_out or 0)
+            acc[2] += energy
+        want: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0, 0, 0.0])
+        for (model, tenant, _), (t_in, t_out, energy) in per_request.items():
+            w = want[(model, tenant)]
+            w[0] += t_in
+            w[1] += t_out
+            w[2] += energy
+        _, rows = run_query(
+            url,
+            "SELECT model, tenant, SUM(tokens_in), SUM(tokens_out), SUM(energy_kwh), "
+            "SUM(requests) FROM v_token_cost GROUP BY model, tenant",
+        )
+        got = {(m, t): (i or 0, o or 0, kwh * 3_600_000.0, n) for m, t, i, o, kwh, n in rows}
+        assert set(got) == set(want)
+        assert got[("encoder", "globex")][0] > 0  # the data has tokens to count
+        for key, (t_in, t_out, energy) in want.items():
+            assert got[key][:2] == (t_in, t_out), key
+            assert got[key][2] == pytest.approx(energy, rel=1e-9)
+        _, ratios = run_query(
+            url,
+            "SELECT SUM(energy_kwh) * 3600000.0 / (SUM(tokens_in) + SUM(tokens_out)), "
+            "MIN(j_per_token), MAX(j_per_token) FROM v_token_cost WHERE model = 'encoder'",
+        )
+        ((overall, lo, hi),) = ratios
+        assert lo <= overall <= hi  # the per-day ratios bracket the whole one

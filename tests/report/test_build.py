@@ -665,3 +665,48 @@ def test_the_report_command_loads_neither_the_orm_nor_alembic(
     assert done.returncode == 0, done.stderr
     assert "resnet50" in done.stdout  # it did report
     assert done.stderr.strip().splitlines()[-1] == "LOADED"
+
+
+def test_per_token_figures_divide_the_groups_energy_and_cost_by_its_requests_tokens(
+    synthetic: synthetic_store.Synthetic,
+) -> None:
+    """The truth: tokens summed here from the raw calls, each request's once (the
+    largest any call of it carries, per model and tenant, per hour as the rollup
+    groups), then the group's own energy and cost over them."""
+    engine = open_engine(synthetic.url)
+    report = build_report(engine, synthetic.t_start, synthetic.t_end, "model", now=0)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT m.name, r.tenant, r.request_id, r.id, CAST(r.t0 / 3600 AS INTEGER), "
+                "r.tokens_in, r.tokens_out FROM requests r JOIN models m ON m.id = r.model_id"
+            )
+        ).all()
+    engine.dispose()
+    per_request: dict[tuple[Any, ...], int] = {}
+    for model, tenant, request_id, call_id, hour, t_in, _ in rows:
+        key = (model, tenant, hour, request_id if request_id is not None else f"#{call_id}")
+        per_request[key] = max(per_request.get(key, 0), t_in or 0)
+    tokens_in: dict[str, int] = defaultdict(int)
+    for (model, *_), t_in in per_request.items():
+        tokens_in[model] += t_in
+    got = {g.label: g for g in report.groups if g.kind == "group"}
+    alpha, beta = got["alpha"], got["beta"]
+    assert alpha.requests is not None and alpha.requests.tokens_in == tokens_in["alpha"] > 0
+    energy_j = alpha.costs.energy_kwh * 3.6e6
+    assert alpha.j_per_token == pytest.approx(energy_j / tokens_in["alpha"], rel=1e-9)
+    cost = alpha.costs.cost.value
+    assert cost is not None and alpha.cost_per_1m_tokens_in is not None
+    assert alpha.cost_per_1m_tokens_in.value == pytest.approx(
+        cost * 1e6 / tokens_in["alpha"], rel=1e-9
+    )
+    assert alpha.cost_per_1m_tokens_out is None  # no output tokens: no price per one
+    assert beta.j_per_token is None and beta.cost_per_1m_tokens_in is None  # no tokens
+    doc = report_json(report)["groups"]
+    a = next(g for g in doc if g["label"] == "alpha")
+    assert a["j_per_token"] == alpha.j_per_token
+    assert a["cost_per_1m_tokens_in"]["value"] == alpha.cost_per_1m_tokens_in.value
+    row = next(r for r in csv_rows(report) if r[2] == "alpha")
+    assert row[CSV_COLUMNS.index("j_per_token")] == repr(alpha.j_per_token)
+    text_out = rendered(report, width=140)
+    assert "J/token" in text_out and "per 1M in" in text_out

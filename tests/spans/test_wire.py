@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.records import FULL_SPAN
 
-from infermeter.records import Span
+from infermeter.records import Span, SpanPart
 from infermeter.spans import wire
 from infermeter.spans.wire import (
     MAX_DATAGRAM,
     MAX_NAME,
+    MAX_PARTS,
     MAX_SHORT,
     MAX_SPANS,
     MAX_STR,
@@ -420,3 +421,61 @@ def test_default_socket_path_honours_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("INFERMETER_SOCKET")
     path = Path(wire.default_socket_path())
     assert path.name == "spans.sock" and path.parent.name.startswith("infermeter")
+
+
+# ----- step spans: parts (continuous batching) ---------------------------------------
+
+STEP = Span(
+    pid=5,
+    model="llm",
+    t0=10.0,
+    t1=10.02,
+    items=3,
+    parts=(
+        SpanPart("r1", "acme", prefill_tokens=120, decode_tokens=0),
+        SpanPart("r2", None, decode_tokens=1),
+        SpanPart(None, "globex", 0, 1),
+    ),
+)
+
+
+def test_a_step_span_round_trips_with_its_parts_and_a_plain_span_stays_fourteen_fields() -> None:
+    data = _one(encode_batch([STEP, FULL_SPAN]))
+    step, plain = json.loads(data)["s"]
+    assert len(step) == len(wire.FIELDS) + 1 and len(plain) == len(wire.FIELDS)
+    assert step[-1] == [["r1", "acme", 120, 0], ["r2", None, 0, 1], [None, "globex", 0, 1]]
+    assert decode_batch(data)[0] == [STEP, FULL_SPAN]
+
+
+def test_the_parts_are_bounded_and_checked() -> None:
+    many = dataclasses.replace(STEP, parts=tuple(SpanPart(f"r{i}") for i in range(MAX_PARTS)))
+    assert decode_batch(_one(encode_batch([many])))[0] == [many]
+    too_many = dataclasses.replace(many, parts=(*many.parts, SpanPart("one more")))
+    with pytest.raises(ValueError, match=f"1 to {MAX_PARTS} parts"):
+        encode_batch([too_many])
+    base = json.loads(_one(encode_batch([STEP])))["s"][0]
+    for parts, reason in (
+        ([], "1 to"),
+        ({"r": 1}, "parts must be an array"),
+        ([["r", None, 1]], "4 fields"),
+        ([["r", None, -1, 0]], "prefill tokens out of range"),
+        ([["r", None, 0, 1.5]], "decode tokens must be an integer"),
+        ([[7, None, 0, 1]], "part request_id must be a string"),
+    ):
+        decoded = wire.decode(_raw({"v": 1, "d": 0, "s": [[*base[:-1], parts]]}))
+        assert decoded.spans == [] and len(decoded.refused) == 1
+        assert reason in decoded.refused[0], (parts, decoded.refused)
+    with pytest.raises(ValueError, match="14 fields"):
+        decode_batch(_raw({"v": 1, "d": 0, "s": [[*base, []]]}))  # sixteen fields
+
+
+def test_a_step_too_large_for_a_datagram_is_refused_by_the_sender() -> None:
+    worst = "\x01" * MAX_STR  # six bytes a character on the wire
+    fat = dataclasses.replace(STEP, parts=tuple(SpanPart(worst, worst) for _ in range(MAX_PARTS)))
+    with pytest.raises(ValueError, match="does not fit a datagram"):
+        encode_batch([fat])
+    # Ordinary ids: the most parts a step may have fit one datagram easily.
+    ids = dataclasses.replace(
+        STEP, parts=tuple(SpanPart(f"{i:032x}", "tenant-a", 4096, 1) for i in range(MAX_PARTS))
+    )
+    assert len(_one(encode_batch([ids]))) <= MAX_DATAGRAM

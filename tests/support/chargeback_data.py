@@ -12,6 +12,7 @@ every database:
 - three calls in four share a request id (so requests span calls and,
   since calls are numbered in the order they ended, models), and every
   seventh call has an unknown capacity cost;
+- the encoder's calls carry tokens (made up from their ids);
 - the hourly rollups are rebuilt after these edits.
 """
 
@@ -85,6 +86,14 @@ def label(engine: Engine) -> None:
             )
         )
         conn.execute(text("UPDATE requests SET capacity_cost = NULL WHERE id - (id / 7) * 7 = 0"))
+        # Tokens on the encoder's calls, so the token view divides by something.
+        conn.execute(
+            text(
+                "UPDATE requests SET tokens_in = 1 + id - (id / 50) * 50, "
+                "tokens_out = id - (id / 7) * 7 "
+                "WHERE model_id = (SELECT id FROM models WHERE name = 'encoder')"
+            )
+        )
         hosts = [r[0] for r in conn.execute(text("SELECT name FROM hosts"))]
     for host in hosts:
         Store(engine, host).rollup(0.0, 4e9)
@@ -99,8 +108,8 @@ def fingerprint(engine: Engine) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     with engine.connect() as conn:
         for query in (
-            "SELECT id, model_id, target_id, request_id, tenant, t0, items, energy_j, "
-            "energy_cost, capacity_cost, carbon_g FROM requests ORDER BY id",
+            "SELECT id, model_id, target_id, request_id, tenant, t0, items, tokens_in, "
+            "tokens_out, energy_j, energy_cost, capacity_cost, carbon_g FROM requests ORDER BY id",
             "SELECT device_id, hour, target_id, model_id, tenant, bucket, method, energy_j, "
             "energy_cost, capacity_cost, carbon_g FROM usage_hourly",
         ):
