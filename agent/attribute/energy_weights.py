@@ -14,12 +14,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 from infermeter.attribute.energy_model import (
+    MIN_WINDOWS,
     EnergyFit,
     EnergyModelLearner,
     call_class,
     overlap_fraction,
     span_features,
 )
+from infermeter.attribute.step_split import token_weights
 from infermeter.attribute.target_split import (
     SPLIT_WINDOW_S,
     PowerLevels,
@@ -32,6 +34,11 @@ from infermeter.attribute.target_split import (
 from infermeter.records import Share, Span, TargetKey
 
 SpansOf = Callable[[int, float, float], Sequence[Span]]  # pid, t0, t1 -> spans in flight
+
+
+def _working(spans: Sequence[Span]) -> list[Span]:
+    """The spans that did work: one of no length (a request's closing marker) did none."""
+    return [s for s in spans if s.t1 > s.t0]
 
 
 class EnergyWeights:
@@ -59,7 +66,7 @@ class EnergyWeights:
                 for s in active_targets(group):
                     if s.target is not None:
                         totals[s.target] = totals.get(s.target, 0.0) + s.energy_j
-            in_flight = {key: spans_of(key[1], t0, t1) for key in totals}
+            in_flight = {key: _working(spans_of(key[1], t0, t1)) for key in totals}
             self._learn(uid, t0, t1, totals, in_flight)
             seen.append((uid, t0, t1, intervals, totals, in_flight))
         self.fit = self.learner.fit()
@@ -114,6 +121,27 @@ class EnergyWeights:
                 return None
             total += p
         return total
+
+    def part_weights(self, span: Span) -> list[float]:
+        """Each part of a step span weighed by the learned prefill and decode joules.
+
+        The per-token coefficients of the step's class, summed over the device
+        kinds it was learned on (a step draws on the GPU and the CPU); where
+        neither has a positive per-token coefficient yet, its tokens
+        (step_split.token_weights).
+        """
+        per_prefill = per_decode = 0.0
+        for cls, c in self.fit.coefficients.items():
+            same = cls.model == span.model and cls.dtype == (span.dtype or "")
+            if same and c.windows >= MIN_WINDOWS:
+                per_prefill += c.j_per_prefill_token
+                per_decode += c.j_per_decode_token
+        if per_prefill <= 0 and per_decode <= 0:
+            return token_weights(span)
+        weights = [
+            per_prefill * p.prefill_tokens + per_decode * p.decode_tokens for p in span.parts
+        ]
+        return weights if sum(weights) > 0 else token_weights(span)
 
     def predict(self, span: Span, fraction: float, share: Share) -> float | None:
         """A span's predicted energy in a share's interval (span_split.Predict)."""

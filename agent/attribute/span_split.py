@@ -27,8 +27,6 @@ from infermeter.records import Share, Span
 # when the energy model does not know its class yet.
 Predict = Callable[[Span, float, Share], float | None]
 
-MIN_OVERLAP_S = 1e-6  # a call of no length still weighs, a little
-
 
 @dataclass(frozen=True, slots=True)
 class SpanSplit:
@@ -47,7 +45,9 @@ def split_over_spans(
     """Split one target's active share over the spans that overlap it."""
     a, b = share.t0, share.t1
     labels = target_labels or {}
-    inside = [s for s in spans if (s.t1 > a and s.t0 < b) or (s.t1 == s.t0 and a <= s.t0 < b)]
+    # A span of no length did no work (a request's closing marker carries only
+    # its final token counts): it takes nothing.
+    inside = [s for s in spans if s.t1 > a and s.t0 < b and s.t1 > s.t0]
     if b - a <= 0 or not inside:
         return SpanSplit([share], [], share.energy_j)
     fractions = [overlap_fraction(s, a, b) for s in inside]
@@ -60,9 +60,7 @@ def split_over_spans(
     if by_model:
         weights = [float(p or 0.0) for p in predicted]
     else:
-        weights = [
-            max(1, s.items) * max(min(s.t1, b) - max(s.t0, a), MIN_OVERLAP_S) for s in inside
-        ]
+        weights = [max(1, s.items) * (min(s.t1, b) - max(s.t0, a)) for s in inside]
     energy = split_exactly(share.energy_j, weights)
 
     by_group: dict[tuple[str, str | None], float] = {}

@@ -67,7 +67,6 @@ class Agent:
         self.discovery = Discovery(config.host, self._decide, redact_patterns=patterns_for(config))
         self._targets: TargetSource = targets or (lambda _now: self.discovery.scan())
         self.learner = BaselineLearner()
-        self.energy = EnergyWeights(self._device_kind)
         self._saved_fit: EnergyFit | None = None
         self.card: PriceCard | None = card_or_none(config)
         self.span_sources: list[SpanSource] = list(span_sources or [])
@@ -80,7 +79,10 @@ class Agent:
             raise ConfigError(
                 f"config key `agent.span_horizon_s` must be a positive number, not {horizon_s}"
             )
-        self.ledger = SpanLedger(max_spans=max_spans, horizon_s=horizon_s)
+        self.energy = EnergyWeights(self._device_kind)
+        self.ledger = SpanLedger(
+            max_spans=max_spans, horizon_s=horizon_s, part_weights=self.energy.part_weights
+        )
         self.spans_dropped: dict[str, int] = {}
         self._span_lag_s = float(config["agent.span_lag_s"])
         self._lock = threading.Lock()

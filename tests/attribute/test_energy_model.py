@@ -187,3 +187,25 @@ def _one(t0: float, pid: int, energy: float) -> Share:
         target=("h", pid, 0.0),
         weight_basis="sm-util",
     )
+
+
+def test_step_parts_are_weighed_by_the_learned_prefill_and_decode_joules() -> None:
+    from infermeter.attribute.energy_model import Coefficients, EnergyFit
+    from infermeter.attribute.energy_weights import EnergyWeights
+    from infermeter.records import SpanPart
+
+    weights = EnergyWeights(lambda _uid: "cpu-package")
+    step = Span(
+        pid=1,
+        model="tiny",
+        t0=0.0,
+        t1=0.1,
+        items=2,
+        dtype="fp32",
+        parts=(SpanPart("a", prefill_tokens=10), SpanPart("b", decode_tokens=1)),
+    )
+    assert weights.part_weights(step) == [10.0, 1.0]  # nothing learned: by tokens
+    cls = CallClass("tiny", "fp32", "cpu-package")
+    weights.seed(EnergyFit({cls: Coefficients(cls, 0.0, 0.0, 0.002, 0.05, MIN_WINDOWS)}, 0.9, 9))
+    # A prefill token costs 0.002 J, a decode token 0.05 J: 0.02 against 0.05.
+    assert weights.part_weights(step) == pytest.approx([0.02, 0.05])

@@ -109,9 +109,9 @@ def test_the_ledger_credits_a_step_like_a_call_then_expands_it_with_its_weights(
     out = ledger.split([share], {TARGET.key: TARGET})
     assert math.fsum(x.energy_j for x in out) == 8.0  # the share conserves
     calls = ledger.complete(20.0, {7: TARGET})
-    # The step ran for 2 of the share's 4 s: 4 J, then 2:1 over its parts.
+    # The only call in flight takes the share's 8 J, then 2:1 over its parts.
     assert [c.span.request_id for c in calls] == ["a", "b"]
-    assert [c.energy_j for c in calls] == pytest.approx([8 / 3, 4 / 3], rel=1e-12)
-    assert math.fsum(c.energy_j for c in calls) == pytest.approx(4.0, rel=1e-15)
+    assert [c.energy_j for c in calls] == pytest.approx([16 / 3, 8 / 3], rel=1e-12)
+    assert math.fsum(c.energy_j for c in calls) == pytest.approx(8.0, rel=1e-15)
     assert len(seen) == 1 and seen[0].parts == s.parts
     assert ledger.stats()["completed"] == 1  # one span arrived, one completed

@@ -222,29 +222,49 @@ def test_step_spans_split_energy_by_tokens_and_final_tokens_reach_the_store(
     for parts, got in zip(steps, stored, strict=True):
         assert [(r[3], r[4], r[6], r[7]) for r in got] == [tuple(p) for p in parts]
 
-    # Energy. The truth of each step's split: the agent credits the step span
-    # its energy E_s like any call, then splits it over the parts by the default
-    # weights w = prefill + decode tokens, so part i gets E_s * w_i / W_s with
-    # W_s = the step's total tokens, and the parts add up to E_s exactly. A
-    # request's energy is then sum over its steps of E_s * w_i / W_s, and the
-    # requests add up to the process's call energy, which cannot exceed the
-    # process's active energy (the rest is its time outside steps).
+    # Energy. The agent credits each step span its energy E_s like any call,
+    # then splits it over the parts by the learned energy model: part i weighs
+    # w_i = p * prefill_i + d * decode_i, with p and d the joules per prefill and
+    # decode token of the step's class (summed over the device kinds it was
+    # learned on), or w_i = prefill_i + decode_i while no per-token coefficient
+    # is learned. The fit moves from flush to flush, so what holds for any such
+    # weights is checked exactly: parts doing the same tokens in a step get the
+    # same energy, a part with prefill tokens gets at least a decode-only one's,
+    # the requests add up to the steps. Then, against the model as stored at
+    # the end, each request's energy is the sum of E_s * w_i / W_s within 15%.
+    with sqlite3.connect(db) as conn:
+        coefficients = conn.execute(
+            "SELECT sum(j_per_prefill_token), sum(j_per_decode_token) FROM call_energy_models "
+            "WHERE model = ? AND windows >= 5",
+            (MODEL,),
+        ).fetchone()
+    per_prefill, per_decode = (float(c or 0.0) for c in coefficients)
+    print(f"learned: {per_prefill:.3g} J per prefill token, {per_decode:.3g} J per decode token")
     per_request: dict[str, float] = defaultdict(float)
     want_request: dict[str, float] = defaultdict(float)
     total_steps_j = 0.0
     for parts, got in zip(steps, stored, strict=True):
         step_j = sum(float(r[8]) for r in got)  # type: ignore[arg-type]
         total_steps_j += step_j
-        weights = [int(p[2]) + int(p[3]) for p in parts]  # type: ignore[call-overload]
-        for r, w in zip(got, weights, strict=True):
+        tokens = [(int(p[2]), int(p[3])) for p in parts]  # type: ignore[call-overload]
+        if per_prefill > 0 or per_decode > 0:
+            weights = [per_prefill * a + per_decode * b for a, b in tokens]
+        else:
+            weights = [float(a + b) for a, b in tokens]
+        by_tokens: dict[tuple[int, int], float] = {}
+        decode_only = [float(r[8]) for r, (a, _) in zip(got, tokens, strict=True) if a == 0]
+        for r, w, t in zip(got, weights, tokens, strict=True):
             energy = float(r[8])  # type: ignore[arg-type]
-            assert energy == pytest.approx(step_j * w / sum(weights), rel=1e-9, abs=1e-12)
+            assert energy == pytest.approx(by_tokens.setdefault(t, energy), rel=1e-9, abs=1e-12)
+            if t[0] > 0 and decode_only:
+                assert energy >= max(decode_only) * (1 - 1e-9)
             per_request[str(r[3])] += energy
-            want_request[str(r[3])] += step_j * w / sum(weights)
+            if sum(weights) > 0:
+                want_request[str(r[3])] += step_j * w / sum(weights)
     assert total_steps_j > 0, "the steps drew no energy: nothing was checked"
     assert sum(1 for got in stored if sum(float(r[8]) for r in got) > 0) > len(stored) / 2  # type: ignore[arg-type]
     for rid, energy in per_request.items():
-        assert energy == pytest.approx(want_request[rid], rel=1e-9)
+        assert energy == pytest.approx(want_request[rid], rel=0.15), rid
     assert sum(per_request.values()) == pytest.approx(total_steps_j, rel=1e-12)
     assert total_steps_j <= active_j * (1 + 1e-9)
     print(
