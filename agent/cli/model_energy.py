@@ -15,10 +15,8 @@ import click
 from sqlalchemy import Connection, select
 
 from infermeter.cli import App, cli, pass_app
-from infermeter.errors import StoreError
 from infermeter.safe_text import printable
 from infermeter.store import schema
-from infermeter.store.engine import sqlite_path
 
 # The batch sizes the table shows the predicted J per call at.
 SHOWN_BATCHES = (1, 8, 32)
@@ -94,18 +92,10 @@ def render(rows: list[ModelEnergyRow]) -> str:
 @pass_app
 def model_energy(app: App, host: str | None, json_out: bool) -> None:
     """The learned energy of one call per model, dtype and device kind, and its fit quality."""
-    from infermeter.cli.report import open_for_reading
+    from infermeter.cli.report import reading
 
-    url = app.config.store_url
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StoreError(f"no store at {path}")
-    engine = open_for_reading(url)
-    try:
-        with engine.connect() as conn:
-            rows = read_model_energy(conn, host)
-    finally:
-        engine.dispose()
+    with reading(app.config.store_url) as conn:
+        rows = read_model_energy(conn, host)
     if json_out:
         click.echo(json.dumps({"models": [asdict(r) for r in rows]}, indent=2, sort_keys=True))
     else:

@@ -13,14 +13,15 @@ import json
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from infermeter.cli import App, cli, pass_app
 from infermeter.cli._time import DURATION, POINT, Duration
@@ -30,7 +31,7 @@ from infermeter.report.build import GROUPINGS, Amount, Report, build_report
 from infermeter.report.render import CSV_COLUMNS, csv_rows, report_json
 from infermeter.safe_text import label, printable
 from infermeter.store import migrate
-from infermeter.store.engine import open_engine, redact
+from infermeter.store.engine import open_engine, redact, sqlite_path
 
 DEFAULT_SINCE = Duration(86400.0, "h")
 _SYMBOL = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
@@ -50,6 +51,20 @@ def time_range(
     if start >= end:
         raise click.UsageError("the range is empty: --from must be before --to")
     return start, end
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Connection]:
+    """A connection to an existing, current store for a read-only command; one line if not."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no store at {path}")
+    engine = open_for_reading(url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def open_for_reading(url: str) -> Engine:

@@ -28,11 +28,9 @@ import click
 from sqlalchemy import Connection, func, select
 
 from infermeter.cli import App, cli, pass_app
-from infermeter.errors import StoreError
 from infermeter.safe_text import printable
 from infermeter.sidecar.agent import SPAN_SOURCES_KEY
 from infermeter.store import schema
-from infermeter.store.engine import sqlite_path
 from infermeter.store.request_rollup import COMPLETE_KEY, FAILED_KEY
 
 
@@ -190,16 +188,8 @@ def as_json(statuses: Sequence[HostStatus]) -> str:
 @pass_app
 def status(app: App, json_out: bool, latest: int) -> None:
     """Per host: last flush, rollup progress, spans dropped or changed, what was quarantined."""
-    from infermeter.cli.report import open_for_reading
+    from infermeter.cli.report import reading
 
-    url = app.config.store_url
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StoreError(f"no store at {path}")
-    engine = open_for_reading(url)
-    try:
-        with engine.connect() as conn:
-            statuses = read_status(conn, latest)
-    finally:
-        engine.dispose()
+    with reading(app.config.store_url) as conn:
+        statuses = read_status(conn, latest)
     click.echo(as_json(statuses) if json_out else render(statuses, time.time()))

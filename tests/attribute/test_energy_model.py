@@ -112,10 +112,10 @@ def test_fallback_order_energy_model_then_power_level_then_the_meter() -> None:
     assert target_weights(totals, {a: 3.0}, {a: 400.0}) is None  # keep the meter's
 
 
-def _active(t0: float, pid: int, energy: float) -> Share:
+def _active(t0: float, pid: int, energy: float, length: float = 0.2) -> Share:
     return Share(
         t0,
-        t0 + 0.2,
+        t0 + length,
         "GPU-0",
         Bucket.ACTIVE,
         Method.MEASURED,
@@ -177,35 +177,4 @@ def test_without_spans_a_shared_second_is_split_by_sm_time_times_each_own_power(
 
 
 def _one(t0: float, pid: int, energy: float) -> Share:
-    return Share(
-        t0,
-        t0 + 1.0,
-        "GPU-0",
-        Bucket.ACTIVE,
-        Method.MEASURED,
-        energy,
-        target=("h", pid, 0.0),
-        weight_basis="sm-util",
-    )
-
-
-def test_step_parts_are_weighed_by_the_learned_prefill_and_decode_joules() -> None:
-    from infermeter.attribute.energy_model import Coefficients, EnergyFit
-    from infermeter.attribute.energy_weights import EnergyWeights
-    from infermeter.records import SpanPart
-
-    weights = EnergyWeights(lambda _uid: "cpu-package")
-    step = Span(
-        pid=1,
-        model="tiny",
-        t0=0.0,
-        t1=0.1,
-        items=2,
-        dtype="fp32",
-        parts=(SpanPart("a", prefill_tokens=10), SpanPart("b", decode_tokens=1)),
-    )
-    assert weights.part_weights(step) == [10.0, 1.0]  # nothing learned: by tokens
-    cls = CallClass("tiny", "fp32", "cpu-package")
-    weights.seed(EnergyFit({cls: Coefficients(cls, 0.0, 0.0, 0.002, 0.05, MIN_WINDOWS)}, 0.9, 9))
-    # A prefill token costs 0.002 J, a decode token 0.05 J: 0.02 against 0.05.
-    assert weights.part_weights(step) == pytest.approx([0.02, 0.05])
+    return _active(t0, pid, energy, length=1.0)
